@@ -1,0 +1,92 @@
+"""Backends that need protocol translation (Anthropic, Bedrock, Vertex, Cohere, ...) go through
+LiteLLM's SDK. LiteLLM is imported on first use, so graphs without such nodes never pay its
+import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from adapters.base import Backend, UpstreamError, UpstreamTimeout
+from gateway.graph import BackendConfig, resolve_secret
+
+_PASS_THROUGH_STATUSES = {400: 400, 413: 413, 422: 400, 429: 429}
+
+
+def _litellm():
+    # LiteLLM fetches a price list from the internet at import unless told to use its bundled copy.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.drop_params = True  # a provider that lacks a parameter ignores it rather than failing
+    litellm.telemetry = False
+    return litellm
+
+
+class LiteLLMBackend(Backend):
+    def __init__(self, cfg: BackendConfig, label: str):
+        self.cfg = cfg
+        self.label = label
+        self.api_base = resolve_secret(cfg.api_base)
+        self.api_key = resolve_secret(cfg.api_key)
+        self._lib: Any = None
+
+    async def start(self) -> None:
+        self._lib = await asyncio.to_thread(_litellm)
+
+    def _kwargs(self, payload: dict[str, Any], stream: bool) -> dict[str, Any]:
+        kwargs = dict(payload)
+        kwargs["model"] = self.cfg.model  # LiteLLM wants the provider-qualified name
+        kwargs["stream"] = stream
+        kwargs["timeout"] = self.cfg.timeout
+        kwargs["num_retries"] = 0
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        if self.api_key:
+            kwargs["api_key"] = self.api_key
+        if self.cfg.headers:
+            kwargs["extra_headers"] = dict(self.cfg.headers)
+        return kwargs
+
+    def _translate(self, exc: Exception) -> UpstreamError:
+        lib = self._lib
+        if isinstance(exc, lib.Timeout):
+            return UpstreamTimeout(f"Upstream {self.label} timed out: {exc}")
+        status = getattr(exc, "status_code", None)
+        message = getattr(exc, "message", None) or str(exc)
+        retry_after = None
+        response = getattr(exc, "response", None)
+        if response is not None and getattr(response, "headers", None) is not None:
+            retry_after = response.headers.get("retry-after")
+        mapped = _PASS_THROUGH_STATUSES.get(status, 502) if isinstance(status, int) else 502
+        if mapped == 502:
+            return UpstreamError(502, f"Upstream {self.label} failed: {message}", type="upstream_error", code="upstream_error")
+        return UpstreamError(mapped, message, retry_after=retry_after)
+
+    async def complete(self, payload: dict[str, Any]) -> bytes:
+        try:
+            resp = await self._lib.acompletion(**self._kwargs(payload, stream=False))
+        except UpstreamError:
+            raise
+        except Exception as exc:  # LiteLLM raises its own OpenAI-shaped exception family
+            raise self._translate(exc) from None
+        return orjson.dumps(resp.model_dump(exclude_none=True))
+
+    async def stream(self, payload: dict[str, Any]) -> AsyncIterator[bytes]:
+        try:
+            chunks = await self._lib.acompletion(**self._kwargs(payload, stream=True))
+            async for chunk in chunks:
+                yield orjson.dumps(chunk.model_dump(exclude_none=True))
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    async def check_ready(self) -> str:
+        # LiteLLM offers no provider-neutral liveness probe; configuration being loaded is all we know.
+        return "configured"

@@ -1,0 +1,153 @@
+"""Direct pass-through to any OpenAI-compatible server (vLLM, SGLang, Ollama, LoRAX, llama.cpp
+server, OpenAI itself).
+
+No translation happens: the payload is posted as JSON and the answer's bytes come back untouched,
+over a pooled keep-alive aiohttp session. This is the gateway's hot path, so it does as little as
+it can: one ``orjson.dumps`` out, one read in, and for streams a line scan of the SSE body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from adapters.base import Backend, UpstreamError, UpstreamTimeout
+from gateway.graph import DEFAULT_OPENAI_API_BASE, BackendConfig, resolve_secret
+
+# Client errors that are the request's own fault travel back to the client with their status;
+# anything else the upstream refuses (its credentials, its model name) is the gateway's problem.
+_PASS_THROUGH_STATUSES = {400: 400, 413: 413, 422: 400, 429: 429, 504: 504}
+
+
+def upstream_error(status: int, body: bytes, retry_after: str | None, label: str) -> UpstreamError:
+    """Build the error the gateway answers with from an upstream's error response."""
+    message, etype, code, param = None, None, None, None
+    try:
+        err = orjson.loads(body)
+        if isinstance(err, dict):
+            inner = err.get("error", err)
+            if isinstance(inner, dict):
+                message = inner.get("message") or inner.get("detail")
+                etype, code, param = inner.get("type"), inner.get("code"), inner.get("param")
+            elif isinstance(inner, str):
+                message = inner
+            if message is None and isinstance(err.get("detail"), str):
+                message = err["detail"]
+    except orjson.JSONDecodeError:
+        pass
+    if not message:
+        message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
+    mapped = _PASS_THROUGH_STATUSES.get(status, 502)
+    if mapped == 502:
+        message = f"Upstream {label} answered HTTP {status}: {message}"
+        etype, code = "upstream_error", "upstream_error"
+    return UpstreamError(mapped, str(message), type=etype, code=str(code) if code is not None else None,
+                         param=param, retry_after=retry_after)
+
+
+class OpenAICompatibleBackend(Backend):
+    def __init__(self, cfg: BackendConfig, label: str):
+        self.cfg = cfg
+        self.label = label
+        base = (resolve_secret(cfg.api_base) or DEFAULT_OPENAI_API_BASE).rstrip("/")
+        self.base_url = base
+        self.url = f"{base}/chat/completions"
+        self.headers = {"Content-Type": "application/json", **cfg.headers}
+        key = resolve_secret(cfg.api_key)
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, ttl_dns_cache=300, keepalive_timeout=60)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout, sock_read=self.cfg.timeout)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=True
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"backend {self.label} used before start()")
+        return self._session
+
+    async def _post(self, payload: dict[str, Any], headers: dict[str, str] | None) -> aiohttp.ClientResponse:
+        try:
+            resp = await self.session.post(self.url, data=orjson.dumps(payload), headers=headers or self.headers)
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout(f"Upstream {self.label} did not answer within {self.cfg.timeout:g}s.") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(502, f"Upstream {self.label} is unreachable: {exc}", code="upstream_unreachable") from None
+        if resp.status >= 400:
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                body = b""
+            finally:
+                resp.release()
+            raise upstream_error(resp.status, body, resp.headers.get("Retry-After"), self.label)
+        return resp
+
+    async def complete(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> bytes:
+        resp = await self._post(payload, headers)
+        try:
+            return await resp.read()
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout(f"Upstream {self.label} stopped answering for {self.cfg.timeout:g}s.") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(502, f"Upstream {self.label} failed mid-response: {exc}", code="upstream_error") from None
+        finally:
+            resp.release()
+
+    async def stream(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
+        resp = await self._post(payload, headers)
+        finished = False
+        try:
+            data: list[bytes] = []
+            async for raw in resp.content:
+                line = raw.rstrip(b"\r\n")
+                if not line:  # blank line: end of one SSE event
+                    if data:
+                        event = b"\n".join(data)
+                        data = []
+                        if event == b"[DONE]":
+                            finished = True
+                            return
+                        yield event
+                elif line.startswith(b"data:"):
+                    data.append(line[6:] if line[5:6] == b" " else line[5:])
+                # comments (":"), event:, id: and retry: lines carry nothing a chat client needs
+            if data and b"\n".join(data) == b"[DONE]":
+                finished = True
+                return
+            raise UpstreamError(502, f"Upstream {self.label} closed the stream before it finished.", code="upstream_error")
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout(f"Upstream {self.label} sent nothing for {self.cfg.timeout:g}s mid-stream.") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(502, f"Upstream {self.label} broke off the stream: {exc}", code="upstream_error") from None
+        finally:
+            # A finished stream gives its connection back to the pool; otherwise closing it is what
+            # tells the upstream to stop generating for a client that has gone away.
+            if finished:
+                resp.release()
+            else:
+                resp.close()
+
+    async def check_ready(self) -> str:
+        try:
+            async with self.session.get(f"{self.base_url}/models", headers=self.headers,
+                                        timeout=aiohttp.ClientTimeout(total=3)) as resp:
+                if resp.status >= 500:
+                    raise UpstreamError(502, f"HTTP {resp.status}")
+                return "ok" if resp.status < 400 else f"reachable (HTTP {resp.status})"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise UpstreamError(502, f"unreachable: {exc or type(exc).__name__}") from None

@@ -1,0 +1,39 @@
+"""Optional bearer-key authentication for /v1 routes.
+
+Keys come from the graph's ``server.api_keys`` (``env:NAME`` allowed) and ``OCTOGATE_API_KEYS``
+(comma-separated). With no key configured, the gateway is open. Keys are compared in constant
+time (per key, and every key is always compared) and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+
+from gateway.errors import OpenAIError
+
+
+class KeyChecker:
+    def __init__(self, keys: list[str]):
+        self._keys = [k.encode() for k in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def check(self, request: Request) -> None:
+        if not self._keys:
+            return
+        header = request.headers.get("authorization")
+        if not header:
+            raise OpenAIError(401, "Missing API key: send it as 'Authorization: Bearer <key>'.",
+                              code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+        scheme, _, presented = header.partition(" ")
+        candidate = presented.strip().encode()
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(candidate, key)
+        if scheme.lower() != "bearer" or not matched:
+            raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key",
+                              headers={"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,74 @@
+"""The ``octogate`` command: ``serve`` a graph, ``check-config`` a graph file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.app import CONFIG_ENV, default_config_path
+from gateway.graph import ConfigError, GraphConfig, load_graph
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="An OpenAI-compatible gateway over a graph of specialist models.")
+err_console = Console(stderr=True)
+
+
+def _load_or_exit(path: Path) -> GraphConfig:
+    try:
+        return load_graph(path)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]invalid config[/]\n{exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@cli.command()
+def serve(
+    config: Annotated[Optional[Path], typer.Option(help=f"graph file [default: ${CONFIG_ENV} or config/default.yaml]")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    access_log: Annotated[bool, typer.Option(help="log every request (costs throughput)")] = False,
+) -> None:
+    """Serve the graph's nodes behind /v1/chat/completions."""
+    import uvicorn
+
+    path = (config or default_config_path()).resolve()
+    _load_or_exit(path)  # fail fast, with a readable message, before any worker starts
+    os.environ[CONFIG_ENV] = str(path)
+    uvicorn.run(
+        "gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+        loop="uvloop", http="httptools", log_level=log_level, access_log=access_log,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@cli.command("check-config")
+def check_config(path: Annotated[Path, typer.Argument(help="graph file to validate")]) -> None:
+    """Validate a graph file and print its nodes; exit 1 with the problems otherwise."""
+    graph = _load_or_exit(path)
+    table = Table(title=f"{path}: {len(graph.nodes)} nodes")
+    for column in ("node", "token", "backend", "adapter", "persona"):
+        table.add_column(column)
+    for node in graph.nodes:
+        backend = graph.backend_of(node)
+        table.add_row(
+            node.name,
+            "" if node.token is None else f"<nexa_{node.token}>",
+            backend.model + (f" @ {backend.api_base}" if backend.api_base else ""),
+            backend.kind,
+            "yes" if node.persona else "",
+        )
+    Console().print(table)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

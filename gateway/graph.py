@@ -1,0 +1,248 @@
+"""The graph config: nodes, their backends and the server settings, loaded from YAML.
+
+A graph file looks like::
+
+    server: {api_keys: [env:OCTOGATE_KEY], max_body_bytes: 4194304}
+    backends:
+      llama3: {model: openai/meta-llama/Meta-Llama-3-8B-Instruct, api_base: env:LLAMA3_API_BASE}
+    nodes:
+      - name: math
+        description: Mathematics, from arithmetic to proofs.
+        token: 4
+        persona: You are a mathematician ...
+        params: {temperature: 0.2}
+        backend: llama3                       # a name from `backends:` ...
+      - name: law
+        token: 8
+        backend: {model: openai/AdaptLLM/law-chat, api_base: "http://law:8000/v1"}   # ... or inline
+
+Every validation error is reported with the file, the key path (``nodes[3].backend.model``) and
+the problem, so that a typo in a 17-node file is found in one read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Providers whose servers speak OpenAI's chat-completions protocol as-is; octogate proxies them
+# directly (no translation layer), which is what keeps its overhead low.
+OPENAI_COMPATIBLE_PROVIDERS = frozenset({"openai", "hosted_vllm", "openai_like", "sglang", "lm_studio"})
+EMBEDDED_PROVIDER = "embedded"
+DEFAULT_OPENAI_API_BASE = "https://api.openai.com/v1"
+
+
+class ConfigError(Exception):
+    """A graph file that cannot be used; the message is meant for a human."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def resolve_secret(value: str | None) -> str | None:
+    """Resolve ``env:NAME`` to the environment variable's value (None when unset)."""
+    if value is None or not value.startswith("env:"):
+        return value
+    return os.environ.get(value[4:]) or None
+
+
+class BackendConfig(_Strict):
+    """Where a node's requests go, written the way LiteLLM users write it.
+
+    ``model`` is ``provider/model-name``: ``openai/...`` (with ``api_base`` for any
+    OpenAI-compatible server: vLLM, SGLang, Ollama, LoRAX, llama.cpp server, OpenAI itself),
+    ``embedded/...`` for the in-process CPU model, or any other LiteLLM provider string.
+    """
+
+    model: str = Field(min_length=3)
+    api_base: str | None = None
+    api_key: str | None = None
+    adapter: Literal["auto", "openai", "litellm", "embedded"] = "auto"
+    timeout: float = Field(default=600.0, gt=0, description="seconds to wait for the upstream's next byte")
+    connect_timeout: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Embedded-model settings (ignored by remote adapters).
+    model_path: str | None = None
+    n_ctx: int = Field(default=2048, ge=128)
+    n_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _has_provider(cls, v: str) -> str:
+        provider, sep, name = v.partition("/")
+        if not sep or not provider or not name:
+            raise ValueError(
+                f"'{v}' is not provider/model: write e.g. openai/Qwen2.5-Math-7B-Instruct "
+                "or embedded/smollm2-135m-instruct"
+            )
+        return v
+
+    @property
+    def provider(self) -> str:
+        return self.model.partition("/")[0]
+
+    @property
+    def upstream_model(self) -> str:
+        """The model name the upstream server knows (the part after the provider)."""
+        return self.model.partition("/")[2]
+
+    @property
+    def kind(self) -> Literal["openai", "litellm", "embedded"]:
+        if self.adapter != "auto":
+            return self.adapter
+        if self.provider == EMBEDDED_PROVIDER:
+            return "embedded"
+        if self.provider in OPENAI_COMPATIBLE_PROVIDERS:
+            return "openai"
+        return "litellm"
+
+    @model_validator(mode="after")
+    def _adapter_fits(self) -> BackendConfig:
+        if self.kind == "embedded" and self.provider != EMBEDDED_PROVIDER:
+            raise ValueError("adapter 'embedded' needs a model written embedded/<name>")
+        return self
+
+
+class NodeConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    description: str = ""
+    token: int | None = Field(default=None, ge=0, description="functional token index: <nexa_{token}>")
+    persona: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict, description="default generation parameters")
+    backend: str | BackendConfig
+
+    @field_validator("params")
+    @classmethod
+    def _params_are_generation_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        forbidden = {"model", "messages", "stream"} & v.keys()
+        if forbidden:
+            raise ValueError(f"params may not set {', '.join(sorted(forbidden))}")
+        return v
+
+
+class ServerConfig(_Strict):
+    api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys; env:NAME allowed")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    def resolved_api_keys(self) -> list[str]:
+        keys = [resolve_secret(k) for k in self.api_keys]
+        keys += [k.strip() for k in os.environ.get("OCTOGATE_API_KEYS", "").split(",")]
+        return [k for k in keys if k]
+
+
+class GraphConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    nodes: list[NodeConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GraphConfig:
+        seen: dict[str, int] = {}
+        tokens: dict[int, str] = {}
+        for i, node in enumerate(self.nodes):
+            if node.name in seen:
+                raise _PathError(("nodes", i, "name"), f"duplicate node name '{node.name}' (also nodes[{seen[node.name]}])")
+            seen[node.name] = i
+            if node.token is not None:
+                if node.token in tokens:
+                    raise _PathError(
+                        ("nodes", i, "token"), f"token {node.token} is already used by node '{tokens[node.token]}'"
+                    )
+                tokens[node.token] = node.name
+            if isinstance(node.backend, str) and node.backend not in self.backends:
+                known = ", ".join(sorted(self.backends)) or "none defined"
+                raise _PathError(
+                    ("nodes", i, "backend"), f"unknown backend '{node.backend}' (backends: {known})"
+                )
+        return self
+
+    def backend_of(self, node: NodeConfig) -> BackendConfig:
+        return self.backends[node.backend] if isinstance(node.backend, str) else node.backend
+
+    def backend_key(self, node: NodeConfig) -> str:
+        """A stable identity for the node's backend, so nodes sharing one share its connections."""
+        return f"backends.{node.backend}" if isinstance(node.backend, str) else f"nodes.{node.name}.backend"
+
+
+class _PathError(ValueError):
+    """A cross-field error that knows which key it is about."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def format_loc(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part == "str" or "BackendConfig" in part)
+
+
+def _wrong_union_branch(err: Any) -> bool:
+    """`backend: str | {...}`: pydantic reports a mismatch against each branch; keep the one the user meant."""
+    tags = [p for p in err["loc"] if _is_union_tag(p)]
+    if not tags:
+        return False
+    if tags[0] == "str":
+        return isinstance(err["input"], dict)
+    return err["type"] in {"model_type", "dict_type"} and isinstance(err["input"], str)
+
+
+def _drop_union_tags(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
+    # pydantic adds the union member's name ("str", "BackendConfig") to the path; users never wrote it.
+    return tuple(p for p in loc if not _is_union_tag(p))
+
+
+def parse_graph(data: Any, source: str = "<config>") -> GraphConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with a 'nodes' list")
+    try:
+        return GraphConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            ctx_err = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, _PathError):
+                lines.append(f"{source}: {format_loc(ctx_err.loc)}: {ctx_err.message}")
+                continue
+            if _wrong_union_branch(err):
+                continue
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"{source}: {format_loc(_drop_union_tags(err['loc']))}: {msg}")
+        # A union (backend: str | {...}) reports once per member; keep each line once, in order.
+        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+
+
+def load_graph(path: str | os.PathLike[str]) -> GraphConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+    return parse_graph(data, str(p))

@@ -1,0 +1,103 @@
+"""The graph at run time: each node with its live backend, and the resolution of ``model`` to a node.
+
+Nodes that name the same backend share one backend object (one connection pool, one loaded
+model). Everything a request needs from its node is computed once here, at start-up, so the hot
+path only copies the client's JSON and fills in what the node adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters import Backend, UpstreamError, build_backend
+from gateway.errors import OpenAIError
+from gateway.graph import BackendConfig, GraphConfig, NodeConfig
+
+_TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    description: str
+    token: int | None
+    backend: Backend
+    backend_config: BackendConfig
+    persona_message: dict[str, str] | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def functional_token(self) -> str | None:
+        return None if self.token is None else f"<nexa_{self.token}>"
+
+    def build_payload(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The client's request as this node's backend should receive it.
+
+        The client's fields win over the node's defaults; the node's persona goes first, before
+        any system message of the client's own; ``model`` becomes the upstream's model name.
+        """
+        payload = dict(request)
+        for key, value in self.params.items():
+            if key in payload:
+                continue
+            if key in _TOKEN_LIMIT_FIELDS and any(k in payload for k in _TOKEN_LIMIT_FIELDS):
+                continue
+            payload[key] = value
+        payload["model"] = self.backend_config.upstream_model
+        if self.persona_message is not None:
+            payload["messages"] = [self.persona_message, *request["messages"]]
+        return payload
+
+
+class NodeTable:
+    """Every node of the graph, looked up by the name clients put in ``model``."""
+
+    def __init__(self, graph: GraphConfig):
+        self.graph = graph
+        backends: dict[str, Backend] = {}
+        self.nodes: dict[str, Node] = {}
+        for cfg in graph.nodes:
+            key = graph.backend_key(cfg)
+            backend_cfg = graph.backend_of(cfg)
+            if key not in backends:
+                backends[key] = build_backend(backend_cfg, label=key)
+            self.nodes[cfg.name] = _node(cfg, backend_cfg, backends[key])
+        self.backends = backends
+
+    def resolve(self, model: str) -> Node:
+        node = self.nodes.get(model)
+        if node is None:
+            raise OpenAIError(
+                404, f"The model '{model}' does not exist here; GET /v1/models lists the nodes you can use.",
+                param="model", code="model_not_found",
+            )
+        return node
+
+    async def start(self) -> None:
+        await asyncio.gather(*(b.start() for b in self.backends.values()))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        async def one(backend: Backend) -> tuple[bool, str]:
+            try:
+                return True, await asyncio.wait_for(backend.check_ready(), timeout=5)
+            except UpstreamError as exc:
+                return False, exc.message
+            except asyncio.TimeoutError:
+                return False, "no answer within 5s"
+
+        labels = list(self.backends)
+        results = await asyncio.gather(*(one(self.backends[k]) for k in labels))
+        return all(ok for ok, _ in results), {k: status for k, (_, status) in zip(labels, results)}
+
+
+def _node(cfg: NodeConfig, backend_cfg: BackendConfig, backend: Backend) -> Node:
+    persona = {"role": "system", "content": cfg.persona.strip()} if cfg.persona else None
+    return Node(
+        name=cfg.name, description=cfg.description, token=cfg.token, backend=backend,
+        backend_config=backend_cfg, persona_message=persona, params=dict(cfg.params),
+    )

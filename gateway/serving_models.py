@@ -1,0 +1,38 @@
+"""GET /v1/models and /v1/models/{id}: every node of the graph, as OpenAI model objects.
+
+The listing never changes while a process runs, so its JSON is rendered once at start-up.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from starlette.responses import Response
+
+from gateway.errors import OpenAIError
+from gateway.nodes import NodeTable
+from gateway.protocol import ModelCard, ModelList
+
+
+class ModelsService:
+    def __init__(self, nodes: NodeTable):
+        created = int(time.time())
+        self.cards = {
+            node.name: ModelCard(
+                id=node.name, created=created, description=node.description or None,
+                functional_token=node.functional_token, backend=node.backend_config.model,
+            )
+            for node in nodes.nodes.values()
+        }
+        self._list_body = ModelList(data=list(self.cards.values())).model_dump_json(exclude_none=True).encode()
+        self._card_bodies = {k: orjson.dumps(c.model_dump(exclude_none=True)) for k, c in self.cards.items()}
+
+    def list(self) -> Response:
+        return Response(self._list_body, media_type="application/json")
+
+    def get(self, model_id: str) -> Response:
+        body = self._card_bodies.get(model_id)
+        if body is None:
+            raise OpenAIError(404, f"The model '{model_id}' does not exist here.", param="model", code="model_not_found")
+        return Response(body, media_type="application/json")
