@@ -1,26 +1,33 @@
-"""The FastAPI application: routes, lifecycle, and the factory ``octogate serve`` runs."""
+"""The ASGI application: routes, lifecycle, and the factory ``octogate serve`` runs.
+
+``POST /v1/chat/completions`` is served by ``ChatService`` directly (the hot path, see
+serving_chat.py); every other route, and the lifespan, by a FastAPI app behind it.
+"""
 
 from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from gateway.auth import KeyChecker
-from gateway.errors import install_error_handlers
+from gateway.errors import OpenAIError, install_error_handlers
 from gateway.graph import GraphConfig, load_graph
+from gateway.metrics import Metrics, mark_worker_dead
 from gateway.nodes import NodeTable
-from gateway.serving_chat import ChatService
+from gateway.serving_chat import ChatService, send_error
 from gateway.serving_models import ModelsService
 
 CONFIG_ENV = "OCTOGATE_CONFIG"
 DEFAULT_CONFIG = Path("config/default.yaml")
 # The default graph shipped beside the packages (a source checkout or an editable install).
 _SHIPPED_DEFAULT = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+CHAT_PATH = "/v1/chat/completions"
 
 
 def default_config_path() -> Path:
@@ -36,10 +43,30 @@ def _json(status: int, body: object) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-def create_app(graph: GraphConfig) -> FastAPI:
+class Gateway:
+    """The outermost ASGI app: the chat endpoint first, FastAPI for the rest."""
+
+    def __init__(self, api: FastAPI, chat: ChatService):
+        self.api = api
+        self.chat = chat
+        self.state = api.state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == CHAT_PATH:
+            if scope["method"] == "POST":
+                await self.chat(scope, receive, send)
+            else:
+                await send_error(send, OpenAIError(405, f"Method {scope['method']} is not allowed for {CHAT_PATH}.",
+                                                   code="method_not_allowed", headers={"Allow": "POST"}))
+        else:
+            await self.api(scope, receive, send)
+
+
+def create_app(graph: GraphConfig) -> Gateway:
     nodes = NodeTable(graph)
     keys = KeyChecker(graph.server.resolved_api_keys())
-    chat = ChatService(nodes, graph.server.max_body_bytes)
+    metrics = Metrics()
+    chat = ChatService(nodes, keys, metrics, graph.server.max_body_bytes)
     models = ModelsService(nodes)
 
     @asynccontextmanager
@@ -49,38 +76,39 @@ def create_app(graph: GraphConfig) -> FastAPI:
             yield
         finally:
             await nodes.aclose()
+            mark_worker_dead(os.getpid())
 
-    app = FastAPI(title="octogate", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.nodes = nodes
-    install_error_handlers(app)
+    api = FastAPI(title="octogate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    api.state.nodes = nodes
+    install_error_handlers(api)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        keys.check(request)
-        return await chat.create(request)
-
-    @app.get("/v1/models")
+    @api.get("/v1/models")
     async def list_models(request: Request) -> Response:
-        keys.check(request)
+        keys.check(request.headers.get("authorization"))
         return models.list()
 
-    @app.get("/v1/models/{model_id:path}")
+    @api.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request) -> Response:
-        keys.check(request)
+        keys.check(request.headers.get("authorization"))
         return models.get(model_id)
 
-    @app.get("/healthz")
+    @api.get("/healthz")
     async def healthz() -> Response:
         return _json(200, {"status": "ok"})
 
-    @app.get("/readyz")
+    @api.get("/readyz")
     async def readyz() -> Response:
         ready, backends = await nodes.readiness()
         return _json(200 if ready else 503, {"status": "ready" if ready else "unready", "backends": backends})
 
-    return app
+    @api.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    return Gateway(api, chat)
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> Gateway:
     """The factory uvicorn calls in each worker; the config path arrives through the environment."""
     return create_app(load_graph(default_config_path()))

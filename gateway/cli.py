@@ -13,6 +13,7 @@ from rich.table import Table
 
 from gateway.app import CONFIG_ENV, default_config_path
 from gateway.graph import ConfigError, GraphConfig, load_graph
+from gateway.metrics import prepare_multiprocess_dir
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="An OpenAI-compatible gateway over a graph of specialist models.")
 err_console = Console(stderr=True)
@@ -41,6 +42,7 @@ def serve(
     path = (config or default_config_path()).resolve()
     _load_or_exit(path)  # fail fast, with a readable message, before any worker starts
     os.environ[CONFIG_ENV] = str(path)
+    prepare_multiprocess_dir(workers)  # before any worker imports prometheus_client
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["octogate"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
     uvicorn.run(
