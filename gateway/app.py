@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from gateway.auth import KeyChecker
+from gateway.conversations import Conversations
 from gateway.errors import OpenAIError, install_error_handlers
 from gateway.graph import GraphConfig, load_graph
 from gateway.metrics import Metrics, mark_worker_dead
@@ -66,15 +67,18 @@ def create_app(graph: GraphConfig) -> Gateway:
     nodes = NodeTable(graph)
     keys = KeyChecker(graph.server.resolved_api_keys())
     metrics = Metrics()
-    chat = ChatService(nodes, keys, metrics, graph.server.max_body_bytes)
+    conversations = Conversations(graph.history, metrics)
+    chat = ChatService(nodes, keys, metrics, conversations, graph.server.max_body_bytes)
     models = ModelsService(nodes)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await nodes.start()
+        await conversations.start()
         try:
             yield
         finally:
+            await conversations.aclose()
             await nodes.aclose()
             mark_worker_dead(os.getpid())
 
@@ -92,6 +96,18 @@ def create_app(graph: GraphConfig) -> Gateway:
         keys.check(request.headers.get("authorization"))
         return models.get(model_id)
 
+    @api.get("/v1/conversations/{conversation_id}")
+    async def get_conversation(conversation_id: str, request: Request) -> Response:
+        authorization = request.headers.get("authorization")
+        keys.check(authorization)
+        return _json(200, await conversations.get(conversation_id, authorization))
+
+    @api.delete("/v1/conversations/{conversation_id}")
+    async def delete_conversation(conversation_id: str, request: Request) -> Response:
+        authorization = request.headers.get("authorization")
+        keys.check(authorization)
+        return _json(200, await conversations.delete(conversation_id, authorization))
+
     @api.get("/healthz")
     async def healthz() -> Response:
         return _json(200, {"status": "ok"})
@@ -99,7 +115,12 @@ def create_app(graph: GraphConfig) -> Gateway:
     @api.get("/readyz")
     async def readyz() -> Response:
         ready, backends = await nodes.readiness()
-        return _json(200 if ready else 503, {"status": "ready" if ready else "unready", "backends": backends})
+        history = conversations.status()
+        if history == "degraded" and conversations.store is not None and await conversations.store.ping():
+            history = "ok"
+        status = "unready" if not ready else "degraded" if history == "degraded" else "ready"
+        # A degraded history store still serves requests (without history): stay in rotation.
+        return _json(200 if ready else 503, {"status": status, "backends": backends, "history": history})
 
     @api.get("/metrics")
     async def prometheus_metrics() -> Response:

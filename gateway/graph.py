@@ -136,8 +136,23 @@ class ServerConfig(_Strict):
         return [k for k in keys if k]
 
 
+class HistoryConfig(_Strict):
+    """Conversations kept in Redis (requests that carry a conversation id)."""
+
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="env:NAME allowed; OCTOGATE_REDIS_URL overrides")
+    max_turns: int = Field(default=20, ge=1, description="turns prepended at most")
+    max_tokens: int = Field(default=3000, ge=1, description="approximate tokens of history prepended at most")
+    ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1, description="a conversation expires after this long unused")
+    key_prefix: str = Field(default="octogate:conv:", min_length=1)
+    op_timeout: float = Field(default=0.5, gt=0, description="seconds one Redis operation may take")
+
+    def resolved_url(self) -> str:
+        return os.environ.get("OCTOGATE_REDIS_URL") or resolve_secret(self.redis_url) or "redis://127.0.0.1:6379/0"
+
+
 class GraphConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
+    history: HistoryConfig | None = None
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     nodes: list[NodeConfig] = Field(min_length=1)
 

@@ -23,6 +23,8 @@ from pydantic import ValidationError
 
 from adapters import UpstreamError
 from gateway.auth import KeyChecker
+from gateway.conversations import (CONVERSATION_HEADER, HISTORY_HEADER, AnswerAssembler, Conversations, Turn,
+                                   answer_from_body, conversation_id)
 from gateway.errors import OpenAIError, from_validation_error
 from gateway.metrics import Metrics
 from gateway.nodes import Node, NodeTable
@@ -113,10 +115,12 @@ async def send_error(send: Any, err: OpenAIError) -> None:
 
 
 class ChatService:
-    def __init__(self, nodes: NodeTable, keys: KeyChecker, metrics: Metrics, max_body_bytes: int):
+    def __init__(self, nodes: NodeTable, keys: KeyChecker, metrics: Metrics, conversations: Conversations,
+                 max_body_bytes: int):
         self.nodes = nodes
         self.keys = keys
         self.metrics = metrics
+        self.conversations = conversations
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -125,21 +129,27 @@ class ChatService:
         self.metrics.request_started("")
         model, node_name, status = "", "", 500
         try:
-            authorization = content_length = None
+            authorization = content_length = conversation = None
             for name, value in scope["headers"]:
                 if name == b"authorization":
                     authorization = value
                 elif name == b"content-length":
                     content_length = value
+                elif name == CONVERSATION_HEADER:
+                    conversation = value
             self.keys.check(authorization.decode("latin-1") if authorization is not None else None)
             data = parse_request(await read_body(receive, content_length, self.max_body_bytes))
             model = data["model"]
             node = self.nodes.resolve(model)
             node_name = node.name
+            turn = None
+            cid = conversation_id(conversation, data)
+            if cid is not None:
+                turn = await self.conversations.begin(cid, authorization, data)
             if data.get("stream"):
-                status = await self._stream(node, data, started, scope, receive, send)
+                status = await self._stream(node, data, turn, started, receive, send)
             else:
-                status = await self._complete(node, data, send)
+                status = await self._complete(node, data, turn, send)
         except OpenAIError as err:
             status = err.status
             await send_error(send, err)
@@ -152,7 +162,7 @@ class ChatService:
         finally:
             self.metrics.request_finished(model, node_name, status, time.perf_counter() - started)
 
-    async def _complete(self, node: Node, data: dict[str, Any], send: Any) -> int:
+    async def _complete(self, node: Node, data: dict[str, Any], turn: Turn | None, send: Any) -> int:
         payload = node.build_payload(data)
         t0 = time.perf_counter()
         try:
@@ -162,10 +172,15 @@ class ChatService:
             raise to_openai_error(exc, _prepended(payload, data)) from None
         self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=True)
         self.metrics.tokens(node.name, *_usage(body))
-        await send_response(send, 200, body, [*_JSON_HEADERS, (NODE_HEADER, node.name.encode())])
+        headers = [*_JSON_HEADERS, (NODE_HEADER, node.name.encode())]
+        if turn is not None:
+            await self.conversations.finish(turn, answer_from_body(body))
+            if turn.header is not None:
+                headers.append((HISTORY_HEADER, turn.header))
+        await send_response(send, 200, body, headers)
         return 200
 
-    async def _stream(self, node: Node, data: dict[str, Any], started: float, scope: Any, receive: Any,
+    async def _stream(self, node: Node, data: dict[str, Any], turn: Turn | None, started: float, receive: Any,
                       send: Any) -> int:
         payload = node.build_payload(data)
         chunks = node.backend.stream(payload)
@@ -180,10 +195,27 @@ class ChatService:
             raise to_openai_error(exc, _prepended(payload, data)) from None
         self.metrics.time_to_first_token(node.name, time.perf_counter() - started)
         headers = [*_SSE_HEADERS, (NODE_HEADER, node.name.encode())]
-        outcome = await stream_sse(send, receive, headers, first, chunks)
+        recorder = None
+        if turn is not None:
+            if turn.header is not None:
+                headers.append((HISTORY_HEADER, turn.header))
+            recorder = _TurnRecorder(self.conversations, turn)
+        outcome = await stream_sse(send, receive, headers, first, chunks, recorder)
         self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=outcome.ok)
         self.metrics.tokens(node.name, outcome.prompt_tokens, outcome.completion_tokens)
         return 499 if outcome.client_gone else 200
+
+
+class _TurnRecorder(AnswerAssembler):
+    """Assembles a streamed answer and appends the turn once the stream is complete."""
+
+    def __init__(self, conversations: Conversations, turn: Turn):
+        super().__init__()
+        self.conversations = conversations
+        self.turn = turn
+
+    async def complete(self) -> None:
+        await self.conversations.finish(self.turn, self.answer())
 
 
 def _prepended(payload: dict[str, Any], data: dict[str, Any]) -> int:
@@ -201,7 +233,7 @@ class StreamOutcome:
 
 
 async def stream_sse(send: Any, receive: Any, headers: list[tuple[bytes, bytes]], first: bytes | None,
-                     chunks: AsyncIterator[bytes]) -> StreamOutcome:
+                     chunks: AsyncIterator[bytes], recorder: _TurnRecorder | None = None) -> StreamOutcome:
     """Send chunks as Server-Sent Events until the backend is done or the client goes away.
 
     An upstream failing mid-stream ends the stream with an OpenAI error event and no [DONE], which
@@ -230,8 +262,12 @@ async def stream_sse(send: Any, receive: Any, headers: list[tuple[bytes, bytes]]
             while chunk is not None:
                 if chunk.startswith(b'{') and b'"usage"' in chunk:
                     _count_usage(chunk, outcome)
+                if recorder is not None:
+                    recorder.feed(chunk)
                 await send({"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True})
                 chunk = await anext(chunks, None)
+            if recorder is not None:
+                await recorder.complete()  # before [DONE], so the client's next turn sees this one
             tail = _DONE
         except UpstreamError as exc:
             outcome.ok = False

@@ -1,0 +1,194 @@
+"""Conversations on the request path: which requests have one, what history they get, what is kept.
+
+A request belongs to a conversation when it carries ``X-Conversation-Id`` or
+``metadata.conversation_id``. Its stored history is inserted after the client's leading system
+messages and before its new messages (the node's persona still comes first of all); once the
+answer is complete (a stream assembled in full) the turn, meaning the client's new non-system
+messages plus the answer, is appended, before the response ends, so the next turn sees it.
+
+When the store is down the request is served without history and says so in the
+``x-octogate-history: unavailable`` header and the ``octogate_history_unavailable_total`` metric.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.errors import OpenAIError
+from gateway.graph import HistoryConfig
+from gateway.history import ConversationStore, HistoryLimits, HistoryUnavailable, check_conversation_id, scope_for_key
+from gateway.metrics import Metrics
+
+CONVERSATION_HEADER = b"x-conversation-id"
+HISTORY_HEADER = b"x-octogate-history"
+_SYSTEM_ROLES = ("system", "developer")
+
+
+def conversation_id(header: bytes | None, data: dict[str, Any]) -> str | None:
+    """The request's conversation id, validated (a 400 naming where it came from otherwise)."""
+    if header is not None:
+        value, param = header.decode("latin-1"), "X-Conversation-Id"
+    else:
+        metadata = data.get("metadata")
+        value = metadata.get("conversation_id") if isinstance(metadata, dict) else None
+        if value is None:
+            return None
+        param = "metadata.conversation_id"
+    try:
+        return check_conversation_id(value)
+    except ValueError as exc:
+        raise OpenAIError(400, f"Invalid {param}: {exc}", param=param, code="invalid_conversation_id") from None
+
+
+def bearer_key(authorization: bytes | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, key = authorization.decode("latin-1").partition(" ")
+    return key.strip() or None if scheme.lower() == "bearer" else None
+
+
+class Turn:
+    """One request's part in its conversation."""
+
+    __slots__ = ("scope", "conversation_id", "new_messages", "header")
+
+    def __init__(self, scope: str, conversation_id: str, new_messages: list[dict[str, Any]], header: bytes | None):
+        self.scope = scope
+        self.conversation_id = conversation_id
+        self.new_messages = new_messages
+        self.header = header  # value for x-octogate-history, or None
+
+
+class Conversations:
+    def __init__(self, config: HistoryConfig | None, metrics: Metrics):
+        self.metrics = metrics
+        self.store = None if config is None else ConversationStore(
+            config.resolved_url(),
+            HistoryLimits(max_turns=config.max_turns, max_tokens=config.max_tokens, ttl_seconds=config.ttl_seconds),
+            key_prefix=config.key_prefix, op_timeout=config.op_timeout,
+        )
+
+    async def start(self) -> None:
+        if self.store is not None:
+            await self.store.start()
+
+    async def aclose(self) -> None:
+        if self.store is not None:
+            await self.store.aclose()
+
+    def status(self) -> str:
+        if self.store is None:
+            return "disabled"
+        return "degraded" if self.store.degraded else "ok"
+
+    async def begin(self, conversation: str, authorization: bytes | None, data: dict[str, Any]) -> Turn:
+        """Insert the stored history into ``data["messages"]`` (in place); return the turn to record."""
+        messages = data["messages"]
+        lead = 0
+        while lead < len(messages) and messages[lead].get("role") in _SYSTEM_ROLES:
+            lead += 1
+        new_messages = [m for m in messages[lead:] if m.get("role") not in _SYSTEM_ROLES]
+        turn = Turn(scope_for_key(bearer_key(authorization)), conversation, new_messages, None)
+        if self.store is None:
+            turn.header = b"disabled"
+            return turn
+        history = await self.store.history(turn.scope, conversation)
+        if history is None:
+            turn.header = b"unavailable"
+            self.metrics.history_unavailable("read")
+        elif history:
+            data["messages"] = [*messages[:lead], *history, *messages[lead:]]
+        return turn
+
+    async def finish(self, turn: Turn, answer: dict[str, Any] | None) -> None:
+        if self.store is None or answer is None or turn.header is not None:
+            return
+        if not await self.store.append(turn.scope, turn.conversation_id, turn.new_messages, answer):
+            self.metrics.history_unavailable("append")
+
+    # ------------------------------------------------------------------ GET/DELETE /v1/conversations/{id}
+    def _require_store(self) -> ConversationStore:
+        if self.store is None:
+            raise OpenAIError(404, "Conversation history is not configured on this gateway (no 'history:' in its graph).",
+                              code="history_disabled")
+        return self.store
+
+    async def get(self, conversation: str, authorization: str | None) -> dict[str, Any]:
+        store = self._require_store()
+        cid = conversation_id(conversation.encode("latin-1", "replace"), {})
+        try:
+            found = await store.get(scope_for_key(bearer_key(_b(authorization))), cid)
+        except HistoryUnavailable:
+            raise _unavailable() from None
+        if found is None:
+            raise OpenAIError(404, f"No conversation '{cid}'.", param="conversation_id", code="conversation_not_found")
+        return found
+
+    async def delete(self, conversation: str, authorization: str | None) -> dict[str, Any]:
+        store = self._require_store()
+        cid = conversation_id(conversation.encode("latin-1", "replace"), {})
+        try:
+            existed = await store.delete(scope_for_key(bearer_key(_b(authorization))), cid)
+        except HistoryUnavailable:
+            raise _unavailable() from None
+        if not existed:
+            raise OpenAIError(404, f"No conversation '{cid}'.", param="conversation_id", code="conversation_not_found")
+        return {"id": cid, "object": "conversation.deleted", "deleted": True}
+
+
+def _b(value: str | None) -> bytes | None:
+    return None if value is None else value.encode("latin-1", "replace")
+
+
+def _unavailable() -> OpenAIError:
+    return OpenAIError(503, "Conversation history is unavailable right now (Redis is not answering).",
+                       code="history_unavailable")
+
+
+def answer_from_body(body: bytes) -> dict[str, Any] | None:
+    """The assistant message of a non-streamed completion (its first choice)."""
+    try:
+        message = orjson.loads(body)["choices"][0]["message"]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None
+    return {k: v for k, v in message.items() if v is not None} if isinstance(message, dict) else None
+
+
+class AnswerAssembler:
+    """Rebuilds a streamed answer's first choice from its chunks: content and tool calls."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.seen = False
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            choices = orjson.loads(chunk).get("choices") or []
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        for choice in choices:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            self.seen = True
+            if delta.get("content"):
+                self.content.append(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                slot = self.tool_calls.setdefault(call.get("index", 0),
+                                                  {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                if call.get("id"):
+                    slot["id"] = call["id"]
+                fn = call.get("function") or {}
+                slot["function"]["name"] += fn.get("name") or ""
+                slot["function"]["arguments"] += fn.get("arguments") or ""
+
+    def answer(self) -> dict[str, Any] | None:
+        if not self.seen:
+            return None
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content)}
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return message
