@@ -50,11 +50,12 @@ class Gateway:
         return self.log.read_text(errors="replace")
 
 
-def start_gateway(config: Path, log: Path, env: dict[str, str] | None = None, timeout: float = 90) -> Gateway:
+def start_gateway(config: Path, log: Path, env: dict[str, str] | None = None, timeout: float = 90,
+                  workers: int = 1) -> Gateway:
     port = _free_port()
     out = log.open("wb")
     proc = subprocess.Popen(
-        [*OCTOGATE, "serve", "--config", str(config), "--port", str(port)],
+        [*OCTOGATE, "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)],
         cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     gw = Gateway(proc, port, log)
@@ -76,11 +77,11 @@ def start_gateway(config: Path, log: Path, env: dict[str, str] | None = None, ti
 def gateway_factory(tmp_path_factory) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
 
-    def make(graph: dict, env: dict[str, str] | None = None) -> Gateway:
+    def make(graph: dict, env: dict[str, str] | None = None, workers: int = 1) -> Gateway:
         d = tmp_path_factory.mktemp("gw")
         config = d / "graph.yaml"
         config.write_text(yaml.safe_dump(graph))
-        gw = start_gateway(config, d / "octogate.log", env)
+        gw = start_gateway(config, d / "octogate.log", env, workers=workers)
         started.append(gw)
         return gw
 
