@@ -14,8 +14,10 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
+from gateway.errors import OpenAIError
 
-class UpstreamError(Exception):
+
+class UpstreamError(OpenAIError):
     """The backend failed; ``status`` is what the gateway should answer with."""
 
     def __init__(
@@ -28,12 +30,8 @@ class UpstreamError(Exception):
         code: str | None = None,
         retry_after: str | None = None,
     ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
+        super().__init__(status, message, type=type, param=param, code=code,
+                         headers={"Retry-After": retry_after} if retry_after else None)
         self.retry_after = retry_after
 
 

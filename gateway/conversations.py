@@ -109,42 +109,33 @@ class Conversations:
             self.metrics.history_unavailable("append")
 
     # ------------------------------------------------------------------ GET/DELETE /v1/conversations/{id}
-    def _require_store(self) -> ConversationStore:
-        if self.store is None:
-            raise OpenAIError(404, "Conversation history is not configured on this gateway (no 'history:' in its graph).",
-                              code="history_disabled")
-        return self.store
-
     async def get(self, conversation: str, authorization: str | None) -> dict[str, Any]:
-        store = self._require_store()
-        cid = conversation_id(conversation.encode("latin-1", "replace"), {})
-        try:
-            found = await store.get(scope_for_key(bearer_key(_b(authorization))), cid)
-        except HistoryUnavailable:
-            raise _unavailable() from None
+        found = await self._on_store(conversation, authorization, ConversationStore.get)
         if found is None:
-            raise OpenAIError(404, f"No conversation '{cid}'.", param="conversation_id", code="conversation_not_found")
+            raise _not_found(conversation)
         return found
 
     async def delete(self, conversation: str, authorization: str | None) -> dict[str, Any]:
-        store = self._require_store()
+        if not await self._on_store(conversation, authorization, ConversationStore.delete):
+            raise _not_found(conversation)
+        return {"id": conversation, "object": "conversation.deleted", "deleted": True}
+
+    async def _on_store(self, conversation: str, authorization: str | None, operation: Any) -> Any:
+        """Run a store operation on the caller's conversation, mapping failures to OpenAI errors."""
+        if self.store is None:
+            raise OpenAIError(404, "Conversation history is not configured on this gateway (no 'history:' in its graph).",
+                              code="history_disabled")
         cid = conversation_id(conversation.encode("latin-1", "replace"), {})
+        scope = scope_for_key(bearer_key(None if authorization is None else authorization.encode("latin-1", "replace")))
         try:
-            existed = await store.delete(scope_for_key(bearer_key(_b(authorization))), cid)
+            return await operation(self.store, scope, cid)
         except HistoryUnavailable:
-            raise _unavailable() from None
-        if not existed:
-            raise OpenAIError(404, f"No conversation '{cid}'.", param="conversation_id", code="conversation_not_found")
-        return {"id": cid, "object": "conversation.deleted", "deleted": True}
+            raise OpenAIError(503, "Conversation history is unavailable right now (Redis is not answering).",
+                              code="history_unavailable") from None
 
 
-def _b(value: str | None) -> bytes | None:
-    return None if value is None else value.encode("latin-1", "replace")
-
-
-def _unavailable() -> OpenAIError:
-    return OpenAIError(503, "Conversation history is unavailable right now (Redis is not answering).",
-                       code="history_unavailable")
+def _not_found(conversation: str) -> OpenAIError:
+    return OpenAIError(404, f"No conversation '{conversation}'.", param="conversation_id", code="conversation_not_found")
 
 
 def answer_from_body(body: bytes) -> dict[str, Any] | None:

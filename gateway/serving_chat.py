@@ -43,13 +43,14 @@ _MESSAGE_PARAM = re.compile(r"^messages\[(\d+)\]")
 def to_openai_error(exc: UpstreamError, prepended: int = 0) -> OpenAIError:
     """The client's view of a backend error. ``prepended`` messages (a persona) were added in front of the
     client's, so a param naming ``messages[i]`` is shifted back to the client's own numbering."""
-    headers = {"Retry-After": exc.retry_after} if exc.retry_after else None
     param = exc.param
-    if prepended and param:
-        match = _MESSAGE_PARAM.match(param)
-        if match and int(match[1]) >= prepended:
-            param = f"messages[{int(match[1]) - prepended}]{param[match.end():]}"
-    return OpenAIError(exc.status, exc.message, type=exc.type, param=param, code=exc.code, headers=headers)
+    if not (prepended and param):
+        return exc
+    match = _MESSAGE_PARAM.match(param)
+    if not match or int(match[1]) < prepended:
+        return exc
+    param = f"messages[{int(match[1]) - prepended}]{param[match.end():]}"
+    return OpenAIError(exc.status, exc.message, type=exc.type, param=param, code=exc.code, headers=exc.headers)
 
 
 async def read_body(receive: Any, content_length: bytes | None, limit: int) -> bytes:
