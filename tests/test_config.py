@@ -100,3 +100,15 @@ def test_serve_refuses_a_bad_config_before_starting(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "at least 1 item" in result.stderr
+
+
+def test_serve_reads_the_config_named_by_OCTOGATE_CONFIG(tmp_path):
+    import os
+
+    path = tmp_path / "from-env.yaml"
+    path.write_text("nodes:\n  - name: a\n    backend: nowhere\n")
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--port", "1"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "OCTOGATE_CONFIG": str(path)})
+    assert result.returncode == 1
+    assert f"{path}: nodes[0].backend: unknown backend 'nowhere'" in result.stderr.replace("\n", "")
