@@ -172,8 +172,8 @@ class EmbeddedBackend(Backend):
         stop = [stop] if isinstance(stop, str) else list(stop)
         params: dict[str, Any] = {
             "max_tokens": min(max_tokens, room),
-            "temperature": payload.get("temperature", 1.0) if payload.get("temperature") is not None else 1.0,
-            "top_p": payload.get("top_p") if payload.get("top_p") is not None else 1.0,
+            "temperature": _or_default(payload.get("temperature"), 1.0),  # OpenAI's defaults
+            "top_p": _or_default(payload.get("top_p"), 1.0),
             "stop": stop + template_stop,
             "frequency_penalty": payload.get("frequency_penalty") or 0.0,
             "presence_penalty": payload.get("presence_penalty") or 0.0,
@@ -207,8 +207,11 @@ class EmbeddedBackend(Backend):
                     if cancel.is_set():
                         return
                     counter = _TokenCounter()
+                    choice_params = params
+                    if index and "seed" in params:  # n choices from one seed must still differ
+                        choice_params = {**params, "seed": params["seed"] + index}
                     for out in self.model.llm.create_completion(
-                        tokens, stream=True, logits_processor=LogitsProcessorList([counter]), **params
+                        tokens, stream=True, logits_processor=LogitsProcessorList([counter]), **choice_params
                     ):
                         if cancel.is_set():
                             log.info("client went away: generation stopped after %d tokens", counter.count)
@@ -296,6 +299,10 @@ class EmbeddedBackend(Backend):
         if include_usage:
             yield chunk([], usage={"prompt_tokens": len(tokens), "completion_tokens": completion_tokens,
                                    "total_tokens": len(tokens) + completion_tokens})
+
+
+def _or_default(value: Any, default: float) -> Any:
+    return default if value is None else value
 
 
 class _TokenCounter:

@@ -77,8 +77,9 @@ def test_concurrent_requests_each_get_their_own_answer(client):
 
 
 def test_n_choices_and_stop(client):
-    r = client.chat.completions.create(model="general", messages=QUESTION, n=2, temperature=0.9, seed=1, max_tokens=8)
+    r = client.chat.completions.create(model="general", messages=QUESTION, n=2, temperature=1.2, seed=1, max_tokens=12)
     assert [c.index for c in r.choices] == [0, 1]
+    assert r.choices[0].message.content != r.choices[1].message.content
     r = client.chat.completions.create(model="general", messages=QUESTION, stop=["0"], **GREEDY)
     assert "0" not in r.choices[0].message.content
 
