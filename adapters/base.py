@@ -53,11 +53,14 @@ class Backend(ABC):
         """Release everything ``start`` acquired."""
 
     @abstractmethod
-    async def complete(self, payload: dict[str, Any]) -> bytes:
-        """A non-streaming chat completion: the response body, JSON-encoded."""
+    async def complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> bytes:
+        """A non-streaming chat completion: the response body, JSON-encoded.
+
+        ``trace_headers`` (W3C ``traceparent``/``tracestate``) go to remote upstreams so that their
+        own spans (vLLM, SGLang) join the caller's trace."""
 
     @abstractmethod
-    def stream(self, payload: dict[str, Any]) -> AsyncIterator[bytes]:
+    def stream(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         """A streaming chat completion: each chunk's JSON payload."""
 
     @abstractmethod

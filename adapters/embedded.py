@@ -239,7 +239,7 @@ class EmbeddedBackend(Backend):
         return consume()
 
     # ------------------------------------------------------------------ the Backend interface
-    async def complete(self, payload: dict[str, Any]) -> bytes:
+    async def complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> bytes:
         tokens, params = self._prepare(payload)
         n = payload.get("n") or 1
         texts = [""] * n
@@ -268,7 +268,8 @@ class EmbeddedBackend(Backend):
         }
         return orjson.dumps(body)
 
-    async def stream(self, payload: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, payload: dict[str, Any],
+                     trace_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         tokens, params = self._prepare(payload)
         n = payload.get("n") or 1
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))

@@ -39,7 +39,7 @@ class LiteLLMBackend(Backend):
     async def start(self) -> None:
         self._lib = await asyncio.to_thread(_litellm)
 
-    def _kwargs(self, payload: dict[str, Any], stream: bool) -> dict[str, Any]:
+    def _kwargs(self, payload: dict[str, Any], stream: bool, trace_headers: dict[str, str] | None) -> dict[str, Any]:
         kwargs = dict(payload)
         kwargs["model"] = self.cfg.model  # LiteLLM wants the provider-qualified name
         kwargs["stream"] = stream
@@ -49,8 +49,8 @@ class LiteLLMBackend(Backend):
             kwargs["api_base"] = self.api_base
         if self.api_key:
             kwargs["api_key"] = self.api_key
-        if self.cfg.headers:
-            kwargs["extra_headers"] = dict(self.cfg.headers)
+        if self.cfg.headers or trace_headers:
+            kwargs["extra_headers"] = {**self.cfg.headers, **(trace_headers or {})}
         return kwargs
 
     def _translate(self, exc: Exception) -> UpstreamError:
@@ -68,18 +68,19 @@ class LiteLLMBackend(Backend):
             return UpstreamError(502, f"Upstream {self.label} failed: {message}", type="upstream_error", code="upstream_error")
         return UpstreamError(mapped, message, retry_after=retry_after)
 
-    async def complete(self, payload: dict[str, Any]) -> bytes:
+    async def complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> bytes:
         try:
-            resp = await self._lib.acompletion(**self._kwargs(payload, stream=False))
+            resp = await self._lib.acompletion(**self._kwargs(payload, stream=False, trace_headers=trace_headers))
         except UpstreamError:
             raise
         except Exception as exc:  # LiteLLM raises its own OpenAI-shaped exception family
             raise self._translate(exc) from None
         return orjson.dumps(resp.model_dump(exclude_none=True))
 
-    async def stream(self, payload: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, payload: dict[str, Any],
+                     trace_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         try:
-            chunks = await self._lib.acompletion(**self._kwargs(payload, stream=True))
+            chunks = await self._lib.acompletion(**self._kwargs(payload, stream=True, trace_headers=trace_headers))
             async for chunk in chunks:
                 yield orjson.dumps(chunk.model_dump(exclude_none=True))
         except UpstreamError:

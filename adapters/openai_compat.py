@@ -80,9 +80,10 @@ class OpenAICompatibleBackend(Backend):
             raise RuntimeError(f"backend {self.label} used before start()")
         return self._session
 
-    async def _post(self, payload: dict[str, Any], headers: dict[str, str] | None) -> aiohttp.ClientResponse:
+    async def _post(self, payload: dict[str, Any], trace_headers: dict[str, str] | None) -> aiohttp.ClientResponse:
+        headers = {**self.headers, **trace_headers} if trace_headers else self.headers
         try:
-            resp = await self.session.post(self.url, data=orjson.dumps(payload), headers=headers or self.headers)
+            resp = await self.session.post(self.url, data=orjson.dumps(payload), headers=headers)
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(f"Upstream {self.label} did not answer within {self.cfg.timeout:g}s.") from None
         except aiohttp.ClientError as exc:
@@ -97,8 +98,8 @@ class OpenAICompatibleBackend(Backend):
             raise upstream_error(resp.status, body, resp.headers.get("Retry-After"), self.label)
         return resp
 
-    async def complete(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> bytes:
-        resp = await self._post(payload, headers)
+    async def complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> bytes:
+        resp = await self._post(payload, trace_headers)
         try:
             return await resp.read()
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
@@ -108,8 +109,9 @@ class OpenAICompatibleBackend(Backend):
         finally:
             resp.release()
 
-    async def stream(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
-        resp = await self._post(payload, headers)
+    async def stream(self, payload: dict[str, Any],
+                     trace_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
+        resp = await self._post(payload, trace_headers)
         finished = False
         try:
             data: list[bytes] = []

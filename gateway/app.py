@@ -23,6 +23,7 @@ from gateway.metrics import Metrics, mark_worker_dead
 from gateway.nodes import NodeTable
 from gateway.serving_chat import ChatService, send_error
 from gateway.serving_models import ModelsService
+from gateway.tracing import Tracing
 
 CONFIG_ENV = "OCTOGATE_CONFIG"
 DEFAULT_CONFIG = Path("config/default.yaml")
@@ -44,15 +45,45 @@ def _json(status: int, body: object) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-class Gateway:
-    """The outermost ASGI app: the chat endpoint first, FastAPI for the rest."""
+def _route(path: str) -> str:
+    """The low-cardinality route of a path, for span names."""
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model_id}"
+    if path.startswith("/v1/conversations/"):
+        return "/v1/conversations/{conversation_id}"
+    return path if path in _KNOWN_ROUTES else "(unknown)"
 
-    def __init__(self, api: FastAPI, chat: ChatService):
+
+_KNOWN_ROUTES = frozenset({CHAT_PATH, "/v1/models", "/healthz", "/readyz", "/metrics"})
+
+
+class Gateway:
+    """The outermost ASGI app: the chat endpoint first, FastAPI for the rest; a server span around
+    each HTTP request when tracing is on (and no extra work at all when it is off)."""
+
+    def __init__(self, api: FastAPI, chat: ChatService, tracing: Tracing):
         self.api = api
         self.chat = chat
+        self.tracing = tracing
         self.state = api.state
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if not self.tracing.enabled or scope["type"] != "http":
+            await self._dispatch(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_note_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with self.tracing.server_span(scope, _route(scope["path"])) as span:
+            await self._dispatch(scope, receive, send_and_note_status)
+            self.tracing.set_http_status(span, status)
+
+    async def _dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH:
             if scope["method"] == "POST":
                 await self.chat(scope, receive, send)
@@ -68,7 +99,8 @@ def create_app(graph: GraphConfig) -> Gateway:
     keys = KeyChecker(graph.server.resolved_api_keys())
     metrics = Metrics()
     conversations = Conversations(graph.history, metrics)
-    chat = ChatService(nodes, keys, metrics, conversations, graph.server.max_body_bytes)
+    tracing = Tracing()
+    chat = ChatService(nodes, keys, metrics, conversations, tracing, graph.server.max_body_bytes)
     models = ModelsService(nodes)
 
     @asynccontextmanager
@@ -80,6 +112,7 @@ def create_app(graph: GraphConfig) -> Gateway:
         finally:
             await conversations.aclose()
             await nodes.aclose()
+            tracing.shutdown()
             mark_worker_dead(os.getpid())
 
     api = FastAPI(title="octogate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -127,7 +160,7 @@ def create_app(graph: GraphConfig) -> Gateway:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    return Gateway(api, chat)
+    return Gateway(api, chat, tracing)
 
 
 def app_from_env() -> Gateway:

@@ -154,13 +154,21 @@ class AnswerAssembler:
         self.content: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.seen = False
+        self.model: str | None = None
+        self.response_id: str | None = None
+        self.finish_reasons: list[str] = []
 
     def feed(self, chunk: bytes) -> None:
         try:
-            choices = orjson.loads(chunk).get("choices") or []
+            parsed = orjson.loads(chunk)
+            choices = parsed.get("choices") or []
         except (orjson.JSONDecodeError, AttributeError):
             return
+        if self.model is None:
+            self.model, self.response_id = parsed.get("model"), parsed.get("id")
         for choice in choices:
+            if choice.get("finish_reason"):
+                self.finish_reasons.append(choice["finish_reason"])
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}

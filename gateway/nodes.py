@@ -11,9 +11,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from urllib.parse import urlsplit
+
 from adapters import Backend, UpstreamError, build_backend
 from gateway.errors import OpenAIError
-from gateway.graph import BackendConfig, GraphConfig, NodeConfig
+from gateway.graph import DEFAULT_OPENAI_API_BASE, BackendConfig, GraphConfig, NodeConfig, resolve_secret
 
 _TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 
@@ -27,6 +29,8 @@ class Node:
     backend_config: BackendConfig
     persona_message: dict[str, str] | None
     params: dict[str, Any] = field(default_factory=dict)
+    #: what a trace's backend span says about where this node's requests go
+    trace_target: dict[str, Any] = field(default_factory=dict)
 
     @property
     def functional_token(self) -> str | None:
@@ -100,4 +104,16 @@ def _node(cfg: NodeConfig, backend_cfg: BackendConfig, backend: Backend) -> Node
     return Node(
         name=cfg.name, description=cfg.description, token=cfg.token, backend=backend,
         backend_config=backend_cfg, persona_message=persona, params=dict(cfg.params),
+        trace_target=_trace_target(cfg.name, backend_cfg),
     )
+
+
+def _trace_target(node: str, cfg: BackendConfig) -> dict[str, Any]:
+    address = port = None
+    if cfg.kind != "embedded":
+        base = resolve_secret(cfg.api_base) or (DEFAULT_OPENAI_API_BASE if cfg.kind == "openai" else None)
+        if base:
+            parts = urlsplit(base)
+            address, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    return {"operation": "chat", "provider": cfg.provider, "request_model": cfg.upstream_model,
+            "server_address": address, "server_port": port, "node": node}

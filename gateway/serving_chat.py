@@ -29,6 +29,7 @@ from gateway.errors import OpenAIError, from_validation_error
 from gateway.metrics import Metrics
 from gateway.nodes import Node, NodeTable
 from gateway.protocol import ChatCompletionRequest
+from gateway.tracing import Tracing
 
 log = logging.getLogger("octogate")
 
@@ -37,6 +38,7 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _DONE = b"data: [DONE]\n\n"
+_NO_HEADERS: dict[str, str] = {}
 _MESSAGE_PARAM = re.compile(r"^messages\[(\d+)\]")
 
 
@@ -96,11 +98,20 @@ def parse_request(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _usage(body: bytes) -> tuple[int, int]:
+def _completion_summary(body: bytes) -> dict[str, Any]:
     try:
-        usage = orjson.loads(body).get("usage") or {}
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _tokens(usage: Any) -> tuple[int, int]:
+    if not isinstance(usage, dict):
+        return 0, 0
+    try:
         return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+    except (TypeError, ValueError):
         return 0, 0
 
 
@@ -117,11 +128,12 @@ async def send_error(send: Any, err: OpenAIError) -> None:
 
 class ChatService:
     def __init__(self, nodes: NodeTable, keys: KeyChecker, metrics: Metrics, conversations: Conversations,
-                 max_body_bytes: int):
+                 tracing: Tracing, max_body_bytes: int):
         self.nodes = nodes
         self.keys = keys
         self.metrics = metrics
         self.conversations = conversations
+        self.tracing = tracing
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -146,7 +158,8 @@ class ChatService:
             turn = None
             cid = conversation_id(conversation, data)
             if cid is not None:
-                turn = await self.conversations.begin(cid, authorization, data)
+                with self.tracing.child_span("octogate.history.read", {"octogate.conversation.id": cid}):
+                    turn = await self.conversations.begin(cid, authorization, data)
             if data.get("stream"):
                 status = await self._stream(node, data, turn, started, receive, send)
             else:
@@ -166,16 +179,29 @@ class ChatService:
     async def _complete(self, node: Node, data: dict[str, Any], turn: Turn | None, send: Any) -> int:
         payload = node.build_payload(data)
         t0 = time.perf_counter()
-        try:
-            body = await node.backend.complete(payload)
-        except UpstreamError as exc:
-            self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=False)
-            raise to_openai_error(exc, _prepended(payload, data)) from None
-        self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=True)
-        self.metrics.tokens(node.name, *_usage(body))
+        with self.tracing.backend_span(**node.trace_target, stream=False, request=payload) as span:
+            try:
+                body = await node.backend.complete(payload, self.tracing.inject(_NO_HEADERS))
+            except UpstreamError as exc:
+                self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=False)
+                self.tracing.record_error(span, exc.status, exc.message, exc.code or exc.type)
+                raise to_openai_error(exc, _prepended(payload, data)) from None
+            self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=True)
+            summary = _completion_summary(body)
+            prompt_tokens, completion_tokens = _tokens(summary.get("usage"))
+            self.metrics.tokens(node.name, prompt_tokens, completion_tokens)
+            if span is not None:
+                choices = summary.get("choices") or []
+                self.tracing.record_response(
+                    span, response_model=summary.get("model"), response_id=summary.get("id"),
+                    input_tokens=prompt_tokens, output_tokens=completion_tokens,
+                    finish_reasons=[c.get("finish_reason") for c in choices if c.get("finish_reason")],
+                    output_text=(answer_from_body(body) or {}).get("content") if self.tracing.capture_content else None,
+                )
         headers = [*_JSON_HEADERS, (NODE_HEADER, node.name.encode())]
         if turn is not None:
-            await self.conversations.finish(turn, answer_from_body(body))
+            with self.tracing.child_span("octogate.history.append"):
+                await self.conversations.finish(turn, answer_from_body(body))
             if turn.header is not None:
                 headers.append((HISTORY_HEADER, turn.header))
         await send_response(send, 200, body, headers)
@@ -184,39 +210,61 @@ class ChatService:
     async def _stream(self, node: Node, data: dict[str, Any], turn: Turn | None, started: float, receive: Any,
                       send: Any) -> int:
         payload = node.build_payload(data)
-        chunks = node.backend.stream(payload)
         t0 = time.perf_counter()
-        # Wait for the first chunk before answering, so a refused request still gets its HTTP status.
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            first = None
-        except UpstreamError as exc:
-            self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=False)
-            raise to_openai_error(exc, _prepended(payload, data)) from None
-        self.metrics.time_to_first_token(node.name, time.perf_counter() - started)
-        headers = [*_SSE_HEADERS, (NODE_HEADER, node.name.encode())]
-        recorder = None
-        if turn is not None:
-            if turn.header is not None:
-                headers.append((HISTORY_HEADER, turn.header))
-            recorder = _TurnRecorder(self.conversations, turn)
-        outcome = await stream_sse(send, receive, headers, first, chunks, recorder)
-        self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=outcome.ok)
-        self.metrics.tokens(node.name, outcome.prompt_tokens, outcome.completion_tokens)
+        with self.tracing.backend_span(**node.trace_target, stream=True, request=payload) as span:
+            chunks = node.backend.stream(payload, self.tracing.inject(_NO_HEADERS))
+            # Wait for the first chunk before answering, so a refused request still gets its HTTP status.
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                first = None
+            except UpstreamError as exc:
+                self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=False)
+                self.tracing.record_error(span, exc.status, exc.message, exc.code or exc.type)
+                raise to_openai_error(exc, _prepended(payload, data)) from None
+            self.metrics.time_to_first_token(node.name, time.perf_counter() - started)
+            self.tracing.first_token(span)
+            headers = [*_SSE_HEADERS, (NODE_HEADER, node.name.encode())]
+            recorder = None
+            if turn is not None:
+                if turn.header is not None:
+                    headers.append((HISTORY_HEADER, turn.header))
+                recorder = _TurnRecorder(self.conversations, turn, self.tracing)
+            elif span is not None:
+                recorder = _SpanRecorder()
+            outcome = await stream_sse(send, receive, headers, first, chunks, recorder)
+            self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=outcome.ok)
+            self.metrics.tokens(node.name, outcome.prompt_tokens, outcome.completion_tokens)
+            if span is not None:
+                self.tracing.record_response(
+                    span, response_model=recorder.model, response_id=recorder.response_id,
+                    input_tokens=outcome.prompt_tokens or None, output_tokens=outcome.completion_tokens or None,
+                    finish_reasons=recorder.finish_reasons, output_text="".join(recorder.content),
+                )
+                if not outcome.ok:
+                    self.tracing.record_error(span, 502, "the upstream failed mid-stream", "upstream_error")
         return 499 if outcome.client_gone else 200
+
+
+class _SpanRecorder(AnswerAssembler):
+    """Assembles a streamed answer for its trace span (only built while tracing is on)."""
+
+    async def complete(self) -> None:
+        pass
 
 
 class _TurnRecorder(AnswerAssembler):
     """Assembles a streamed answer and appends the turn once the stream is complete."""
 
-    def __init__(self, conversations: Conversations, turn: Turn):
+    def __init__(self, conversations: Conversations, turn: Turn, tracing: Tracing):
         super().__init__()
         self.conversations = conversations
         self.turn = turn
+        self.tracing = tracing
 
     async def complete(self) -> None:
-        await self.conversations.finish(self.turn, self.answer())
+        with self.tracing.child_span("octogate.history.append"):
+            await self.conversations.finish(self.turn, self.answer())
 
 
 def _prepended(payload: dict[str, Any], data: dict[str, Any]) -> int:
@@ -234,7 +282,7 @@ class StreamOutcome:
 
 
 async def stream_sse(send: Any, receive: Any, headers: list[tuple[bytes, bytes]], first: bytes | None,
-                     chunks: AsyncIterator[bytes], recorder: _TurnRecorder | None = None) -> StreamOutcome:
+                     chunks: AsyncIterator[bytes], recorder: AnswerAssembler | None = None) -> StreamOutcome:
     """Send chunks as Server-Sent Events until the backend is done or the client goes away.
 
     An upstream failing mid-stream ends the stream with an OpenAI error event and no [DONE], which
