@@ -22,6 +22,7 @@ from gateway.graph import GraphConfig, load_graph
 from gateway.metrics import Metrics, mark_worker_dead
 from gateway.nodes import NodeTable
 from gateway.serving_chat import ChatService, send_error
+from gateway.routing import Router
 from gateway.serving_models import ModelsService
 from gateway.tracing import Tracing
 
@@ -100,16 +101,21 @@ def create_app(graph: GraphConfig) -> Gateway:
     metrics = Metrics()
     conversations = Conversations(graph.history, metrics)
     tracing = Tracing()
-    chat = ChatService(nodes, keys, metrics, conversations, tracing, graph.server.max_body_bytes)
-    models = ModelsService(nodes)
+    router = Router(graph, nodes, metrics, tracing) if graph.router else None
+    chat = ChatService(nodes, keys, metrics, conversations, tracing, graph.server.max_body_bytes, router)
+    models = ModelsService(nodes, router.name if router else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await nodes.start()
         await conversations.start()
+        if router is not None:
+            await router.start()
         try:
             yield
         finally:
+            if router is not None:
+                await router.aclose()
             await conversations.aclose()
             await nodes.aclose()
             tracing.shutdown()
@@ -152,8 +158,14 @@ def create_app(graph: GraphConfig) -> Gateway:
         if history == "degraded" and conversations.store is not None and await conversations.store.ping():
             history = "ok"
         status = "unready" if not ready else "degraded" if history == "degraded" else "ready"
-        # A degraded history store still serves requests (without history): stay in rotation.
-        return _json(200 if ready else 503, {"status": status, "backends": backends, "history": history})
+        body = {"status": status, "backends": backends, "history": history}
+        if router is not None:
+            # A router that is down sends requests to the fallback node: degraded, still serving.
+            body["router"] = await router.check_ready()
+            if ready and not body["router"].startswith("ok"):
+                body["status"] = "degraded"
+        # A degraded history store or router still serves requests: stay in rotation.
+        return _json(200 if ready else 503, body)
 
     @api.get("/metrics")
     async def prometheus_metrics() -> Response:

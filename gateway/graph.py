@@ -116,6 +116,7 @@ class NodeConfig(_Strict):
     persona: str | None = None
     params: dict[str, Any] = Field(default_factory=dict, description="default generation parameters")
     backend: str | BackendConfig
+    reformat: bool = Field(default=False, description="in select+reformat mode, receive the router's rewritten query")
 
     @field_validator("params")
     @classmethod
@@ -150,9 +151,32 @@ class HistoryConfig(_Strict):
         return os.environ.get("OCTOGATE_REDIS_URL") or resolve_secret(self.redis_url) or "redis://127.0.0.1:6379/0"
 
 
+class RouteCacheConfig(_Strict):
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="env:NAME allowed; OCTOGATE_REDIS_URL overrides")
+    ttl_seconds: int = Field(default=3600, ge=1)
+    op_timeout: float = Field(default=0.2, gt=0)
+
+    def resolved_url(self) -> str:
+        return os.environ.get("OCTOGATE_REDIS_URL") or resolve_secret(self.redis_url) or "redis://127.0.0.1:6379/0"
+
+
+class RouterConfig(_Strict):
+    """The functional-token router behind ``model: <name>``."""
+
+    name: str = Field(default="octopus", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    engine: Literal["sglang"] = Field(description="where the router model runs (the in-process engine is not built yet)")
+    base_url: str = Field(description="the SGLang server, e.g. http://router:30000; env:NAME allowed")
+    api_key: str | None = None
+    mode: Literal["select", "select+reformat"] = "select"
+    timeout: float = Field(default=2.0, gt=0, description="seconds before the fallback node takes the request")
+    fallback: str = "general"
+    cache: RouteCacheConfig | None = None
+
+
 class GraphConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     history: HistoryConfig | None = None
+    router: RouterConfig | None = None
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     nodes: list[NodeConfig] = Field(min_length=1)
 
@@ -175,6 +199,13 @@ class GraphConfig(_Strict):
                 raise _PathError(
                     ("nodes", i, "backend"), f"unknown backend '{node.backend}' (backends: {known})"
                 )
+        if self.router is not None:
+            if self.router.name in seen:
+                raise _PathError(("router", "name"), f"'{self.router.name}' is also a node's name")
+            if self.router.fallback not in seen:
+                raise _PathError(("router", "fallback"), f"unknown node '{self.router.fallback}'")
+            if not tokens:
+                raise _PathError(("router",), "no node has a token: the router has nothing to choose from")
         return self
 
     def backend_of(self, node: NodeConfig) -> BackendConfig:

@@ -29,6 +29,7 @@ from gateway.errors import OpenAIError, from_validation_error
 from gateway.metrics import Metrics
 from gateway.nodes import Node, NodeTable
 from gateway.protocol import ChatCompletionRequest
+from gateway.routing import Router
 from gateway.tracing import Tracing
 
 log = logging.getLogger("octogate")
@@ -128,8 +129,9 @@ async def send_error(send: Any, err: OpenAIError) -> None:
 
 class ChatService:
     def __init__(self, nodes: NodeTable, keys: KeyChecker, metrics: Metrics, conversations: Conversations,
-                 tracing: Tracing, max_body_bytes: int):
+                 tracing: Tracing, max_body_bytes: int, router: Router | None = None):
         self.nodes = nodes
+        self.router = router
         self.keys = keys
         self.metrics = metrics
         self.conversations = conversations
@@ -153,17 +155,21 @@ class ChatService:
             self.keys.check(authorization.decode("latin-1") if authorization is not None else None)
             data = parse_request(await read_body(receive, content_length, self.max_body_bytes))
             model = data["model"]
-            node = self.nodes.resolve(model)
-            node_name = node.name
-            turn = None
             cid = conversation_id(conversation, data)
+            routed = self.router is not None and model == self.router.name
+            node = None if routed else self.nodes.resolve(model)
+            turn = None
             if cid is not None:
                 with self.tracing.child_span("octogate.history.read", {"octogate.conversation.id": cid}):
                     turn = await self.conversations.begin(cid, authorization, data)
+            route_headers: list[tuple[bytes, bytes]] = []
+            if routed:
+                node, route_headers = await self.router.route(data)
+            node_name = node.name
             if data.get("stream"):
-                status = await self._stream(node, data, turn, started, receive, send)
+                status = await self._stream(node, data, turn, route_headers, started, receive, send)
             else:
-                status = await self._complete(node, data, turn, send)
+                status = await self._complete(node, data, turn, route_headers, send)
         except OpenAIError as err:
             status = err.status
             await send_error(send, err)
@@ -176,7 +182,8 @@ class ChatService:
         finally:
             self.metrics.request_finished(model, node_name, status, time.perf_counter() - started)
 
-    async def _complete(self, node: Node, data: dict[str, Any], turn: Turn | None, send: Any) -> int:
+    async def _complete(self, node: Node, data: dict[str, Any], turn: Turn | None,
+                        route_headers: list[tuple[bytes, bytes]], send: Any) -> int:
         payload = node.build_payload(data)
         t0 = time.perf_counter()
         with self.tracing.backend_span(**node.trace_target, stream=False, request=payload) as span:
@@ -198,7 +205,7 @@ class ChatService:
                     finish_reasons=[c.get("finish_reason") for c in choices if c.get("finish_reason")],
                     output_text=(answer_from_body(body) or {}).get("content") if self.tracing.capture_content else None,
                 )
-        headers = [*_JSON_HEADERS, (NODE_HEADER, node.name.encode())]
+        headers = [*_JSON_HEADERS, (NODE_HEADER, node.name.encode()), *route_headers]
         if turn is not None:
             with self.tracing.child_span("octogate.history.append"):
                 await self.conversations.finish(turn, answer_from_body(body))
@@ -207,8 +214,8 @@ class ChatService:
         await send_response(send, 200, body, headers)
         return 200
 
-    async def _stream(self, node: Node, data: dict[str, Any], turn: Turn | None, started: float, receive: Any,
-                      send: Any) -> int:
+    async def _stream(self, node: Node, data: dict[str, Any], turn: Turn | None,
+                      route_headers: list[tuple[bytes, bytes]], started: float, receive: Any, send: Any) -> int:
         payload = node.build_payload(data)
         t0 = time.perf_counter()
         with self.tracing.backend_span(**node.trace_target, stream=True, request=payload) as span:
@@ -224,7 +231,7 @@ class ChatService:
                 raise to_openai_error(exc, _prepended(payload, data)) from None
             self.metrics.time_to_first_token(node.name, time.perf_counter() - started)
             self.tracing.first_token(span)
-            headers = [*_SSE_HEADERS, (NODE_HEADER, node.name.encode())]
+            headers = [*_SSE_HEADERS, (NODE_HEADER, node.name.encode()), *route_headers]
             recorder = None
             if turn is not None:
                 if turn.header is not None:

@@ -16,9 +16,13 @@ from gateway.protocol import ModelCard, ModelList
 
 
 class ModelsService:
-    def __init__(self, nodes: NodeTable):
+    def __init__(self, nodes: NodeTable, router_name: str | None = None):
         created = int(time.time())
-        self.cards = {
+        self.cards = {} if router_name is None else {router_name: ModelCard(
+            id=router_name, created=created,
+            description="Routes each request to the best node with a functional-token router (Octopus v4).",
+        )}
+        self.cards |= {
             node.name: ModelCard(
                 id=node.name, created=created, description=node.description or None,
                 functional_token=node.functional_token, backend=node.backend_config.model,

@@ -99,3 +99,34 @@ def test_an_upstream_failure_marks_the_spans(traced, receiver):
 def test_tracing_is_off_without_otel_settings(gateway, upstream):
     gateway.client().chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}])
     assert "traceparent" not in upstream.state.last().headers
+
+
+def test_a_routed_request_has_a_route_span_between_server_and_backend(upstream, gateway_factory, receiver):
+    from tests.sglang_server import SGLangDouble
+    from tests.test_routing import routed_graph
+
+    sglang = SGLangDouble().start()
+    try:
+        gw = gateway_factory(routed_graph(upstream, sglang.base_url, mode="select+reformat"), env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "50"})
+        sglang.reset(text="<nexa_4>('Differentiate x^3')<nexa_end>")
+        trace_id = "12" * 16
+        stream = gw.client().chat.completions.create(
+            model="octopus", messages=[{"role": "user", "content": "d/dx x^3?"}], stream=True,
+            extra_headers={"traceparent": f"00-{trace_id}-{'34' * 8}-01"})
+        list(stream)
+        spans = trace_of(receiver, trace_id, {"POST /v1/chat/completions", "octogate.route", "octogate.reformat",
+                                              "chat echo"})
+        server, route = spans["POST /v1/chat/completions"], spans["octogate.route"]
+        assert route.parent_span_id == server.span_id
+        assert spans["octogate.reformat"].parent_span_id == server.span_id
+        assert spans["chat echo"].parent_span_id == server.span_id
+        assert route.attributes["octogate.route.engine"] == "sglang"
+        assert route.attributes["octogate.route.mode"] == "select+reformat"
+        assert route.attributes["octogate.route.token"] == "<nexa_4>"
+        assert route.attributes["octogate.route.node"] == "math"
+        assert route.attributes["octogate.route.fallback"] == ""
+        assert route.attributes["octogate.route.decision_seconds"] > 0
+    finally:
+        sglang.stop()

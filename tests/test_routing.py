@@ -1,0 +1,146 @@
+"""model: "octopus" end to end: the openai SDK -> `octogate serve` -> a router served by SGLang (here its
+loopback protocol double: no GPU on these machines) -> the chosen node (the scripted upstream)."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+import redis
+
+from tests.sglang_server import SGLangDouble
+from tests.upstream import _free_port
+
+QUERY = "What is the derivative of x^3 at x = 2?"
+CACHE_PREFIX_REDIS = "octogate:route:"
+
+
+@pytest.fixture(scope="module")
+def sglang():
+    server = SGLangDouble().start()
+    yield server
+    server.stop()
+
+
+def routed_graph(upstream, sglang_url: str, mode: str = "select", cache: bool = False, timeout: float = 2) -> dict:
+    def node(name: str, token: int, **extra) -> dict:
+        return {"name": name, "token": token, "persona": f"You are the {name} persona.",
+                "backend": {"model": "openai/echo", "api_base": upstream.base_url, "timeout": 2}, **extra}
+
+    router = {"engine": "sglang", "base_url": sglang_url, "mode": mode, "timeout": timeout, "fallback": "general"}
+    if cache:
+        router["cache"] = {"ttl_seconds": 60}
+    return {"router": router,
+            "nodes": [node("physics", 0), node("math", 4, reformat=True), node("law", 8), node("general", 16)]}
+
+
+@pytest.fixture(scope="module")
+def gw(upstream, sglang, gateway_factory):
+    return gateway_factory(routed_graph(upstream, sglang.base_url, mode="select+reformat"))
+
+
+def ask(gw, text: str = QUERY, **kwargs) -> httpx.Response:
+    return httpx.post(f"{gw.url}/v1/chat/completions", timeout=30,
+                      json={"model": "octopus", "messages": [{"role": "user", "content": text}], **kwargs})
+
+
+def test_the_router_is_listed_as_a_model(gw):
+    ids = [m.id for m in gw.client().models.list().data]
+    assert ids[0] == "octopus" and "math" in ids
+
+
+def test_the_chosen_node_answers_with_the_rewritten_query(gw, sglang, upstream):
+    sglang.reset(text="<nexa_4>('Compute d/dx x^3 at x = 2')<nexa_end>")
+    resp = gw.client().chat.completions.with_raw_response.create(
+        model="octopus", messages=[{"role": "user", "content": QUERY}])
+    assert resp.headers["x-octogate-node"] == "math"
+    assert resp.headers["x-octogate-token"] == "<nexa_4>"
+    assert "x-octogate-fallback" not in resp.headers
+    sent = upstream.state.last().body["messages"]
+    assert sent == [{"role": "system", "content": "You are the math persona."},
+                    {"role": "user", "content": "Compute d/dx x^3 at x = 2"}]  # math has reformat: true
+    request = sglang.requests[-1]
+    assert request.regex_matched is True  # the canned decision is one the grammar admits
+    assert request.body["sampling_params"]["temperature"] == 0
+    assert QUERY in request.body["text"]
+
+
+def test_a_node_without_reformat_gets_the_original_query(gw, sglang, upstream):
+    sglang.reset(text="<nexa_8>('Explain a tort')<nexa_end>")
+    stream = gw.client().chat.completions.create(model="octopus", stream=True,
+                                                 messages=[{"role": "user", "content": "What is a tort?"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: What is a tort?"
+    assert upstream.state.last().body["messages"][-1] == {"role": "user", "content": "What is a tort?"}
+    assert upstream.state.last().body["messages"][0]["content"] == "You are the law persona."
+
+
+@pytest.mark.parametrize(("script", "reason"), [
+    ({"status": 500}, "router_error"),
+    ({"text": "I think it is math"}, "router_error"),
+    ({"text": "<nexa_4>('x')<nexa_end>", "delay": 5}, "router_timeout"),
+])
+def test_a_failing_router_sends_the_request_to_the_fallback_never_a_5xx(upstream, sglang, gateway_factory, script,
+                                                                        reason):
+    gw = gateway_factory(routed_graph(upstream, sglang.base_url, timeout=0.5))
+    sglang.reset(**script)
+    resp = ask(gw)
+    assert resp.status_code == 200
+    assert resp.headers["x-octogate-node"] == "general"
+    assert resp.headers["x-octogate-fallback"] == reason
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'octogate_route_fallbacks_total{node="general"} 1.0' in metrics
+
+
+def test_an_unreachable_router_is_a_fallback_and_readyz_says_degraded(upstream, gateway_factory):
+    gw = gateway_factory(routed_graph(upstream, f"http://127.0.0.1:{_free_port()}"))
+    resp = ask(gw)
+    assert resp.status_code == 200 and resp.headers["x-octogate-fallback"] == "router_error"
+    ready = httpx.get(f"{gw.url}/readyz").json()
+    assert ready["status"] == "degraded" and "general" in ready["router"]
+
+
+def test_decisions_are_cached_in_redis_per_graph_version(upstream, sglang, gateway_factory):
+    query = f"What is entropy? {uuid.uuid4().hex}"
+    graph = routed_graph(upstream, sglang.base_url, cache=True)
+    a, b = gateway_factory(graph), gateway_factory(graph)
+    sglang.reset(text="<nexa_0>")
+    assert ask(a, query).headers["x-octogate-node"] == "physics"
+    assert ask(b, query).headers["x-octogate-node"] == "physics"  # another replica reuses the decision
+    assert len(sglang.requests) == 1
+    # A changed graph (here: a node's description) is a new version: the old decision is not reused.
+    graph["nodes"][0]["description"] = "Physics, now described differently."
+    c = gateway_factory(graph)
+    sglang.reset(text="<nexa_8>")
+    assert ask(c, query).headers["x-octogate-node"] == "law"
+    assert len(sglang.requests) == 1
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    keys = list(r.scan_iter(f"{CACHE_PREFIX_REDIS}*"))
+    assert len({k.split(b":")[2] for k in keys}) >= 2  # two graph versions
+    for key in keys:
+        r.delete(key)
+
+
+def test_route_metrics(gw, sglang):
+    sglang.reset(text="<nexa_0>('Why is the sky blue?')<nexa_end>")
+    before = httpx.get(f"{gw.url}/metrics").text
+    ask(gw, "Why is the sky blue?")
+    after = httpx.get(f"{gw.url}/metrics").text
+
+    def count(text: str) -> float:
+        for line in text.splitlines():
+            if line.startswith('octogate_route_decisions_total{node="physics"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    assert count(after) == count(before) + 1
+    assert "octogate_route_decision_seconds_count" in after
+
+
+def test_a_bad_router_config_is_a_readable_error(tmp_path):
+    from gateway.graph import ConfigError, parse_graph
+
+    graph = {"router": {"engine": "sglang", "base_url": "http://x", "fallback": "nowhere"},
+             "nodes": [{"name": "a", "token": 0, "backend": {"model": "openai/x"}}]}
+    with pytest.raises(ConfigError, match=r"router.fallback: unknown node 'nowhere'"):
+        parse_graph(graph, "g.yaml")
