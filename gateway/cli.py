@@ -71,6 +71,37 @@ def check_config(path: Annotated[Path, typer.Argument(help="graph file to valida
     Console().print(table)
 
 
+router_cli = typer.Typer(no_args_is_help=True, help="The functional-token router.")
+cli.add_typer(router_cli, name="router")
+
+
+@router_cli.command("sglang-command")
+def sglang_command(
+    model_path: Annotated[str, typer.Option(help="the router model (a local directory or hub id on the GPU host)")],
+    config: Annotated[Optional[Path], typer.Option(help="graph file; its router.base_url gives the port")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port [default: from the graph's router.base_url, else 30000]")] = None,
+    host: Annotated[str, typer.Option(help="address SGLang listens on")] = "127.0.0.1",
+    grammar_backend: Annotated[str, typer.Option(help="xgrammar, outlines or llguidance")] = "xgrammar",
+) -> None:
+    """Print the exact SGLang launch line that serves the router for a graph (needs a CUDA GPU and
+    `pip install 'octogate[sglang]'` on that host)."""
+    import shlex
+    from urllib.parse import urlsplit
+
+    from router_model.sglang_engine import sglang_launch_command
+
+    graph = _load_or_exit((config or default_config_path()).resolve())
+    if port is None:
+        base = graph.router.base_url if graph.router else ""
+        port = (urlsplit(base).port if base and not base.startswith("env:") else None) or 30000
+    try:
+        argv = sglang_launch_command(model_path, port=port, host=host, grammar_backend=grammar_backend)
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    print(shlex.join(argv))
+
+
 def main() -> None:
     cli()
 

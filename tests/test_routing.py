@@ -144,3 +144,22 @@ def test_a_bad_router_config_is_a_readable_error(tmp_path):
              "nodes": [{"name": "a", "token": 0, "backend": {"model": "openai/x"}}]}
     with pytest.raises(ConfigError, match=r"router.fallback: unknown node 'nowhere'"):
         parse_graph(graph, "g.yaml")
+
+
+def test_sglang_command_prints_the_launch_line(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    graph = tmp_path / "g.yaml"
+    graph.write_text(yaml.safe_dump({
+        "router": {"engine": "sglang", "base_url": "http://router:31000", "fallback": "a"},
+        "nodes": [{"name": "a", "token": 0, "backend": {"model": "openai/x"}}]}))
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "sglang-command", "--config", str(graph),
+                          "--model-path", "/models/octopus-router"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("python -m sglang.launch_server --model-path /models/octopus-router "
+                                  "--host 127.0.0.1 --port 31000 --grammar-backend xgrammar")
