@@ -14,7 +14,8 @@ import openai
 import pytest
 import yaml
 
-from tests.upstream import ScriptedUpstream, _free_port
+from tests.loopback import free_port
+from tests.upstream import ScriptedUpstream
 
 REPO = Path(__file__).resolve().parent.parent
 OCTOGATE = [sys.executable, "-m", "gateway.cli"]
@@ -52,7 +53,7 @@ class Gateway:
 
 def start_gateway(config: Path, log: Path, env: dict[str, str] | None = None, timeout: float = 90,
                   workers: int = 1) -> Gateway:
-    port = _free_port()
+    port = free_port()
     out = log.open("wb")
     proc = subprocess.Popen(
         [*OCTOGATE, "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)],

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.upstream import _free_port
+from tests.loopback import LoopbackServer
 
 MODEL_PATH = "octogate/router-double"
 
@@ -51,56 +51,27 @@ class Generated:
     regex_matched: bool | None  # None when the request was refused before matching
 
 
-class SGLangDouble:
+class SGLangDouble(LoopbackServer):
+    name = "SGLang double"
+
     def __init__(self) -> None:
+        super().__init__()
         self.script = Script()
         self.requests: list[Generated] = []
         self.peers: set[tuple[str, int]] = set()
-        self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._ready = threading.Event()
         self._lock = threading.Lock()
 
-    # ----------------------------------------------------------------- lifecycle
-    def start(self) -> SGLangDouble:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("SGLang double did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._runner:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/generate", self._generate)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/get_model_info", self._model_info)
 
     def reset(self, **script: Any) -> None:
         with self._lock:
             self.script = Script(**script)
             self.requests.clear()
             self.peers.clear()
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_post("/generate", self._generate)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/get_model_info", self._model_info)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-        self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self._loop.run_forever()
-        # Handlers still stalling on a scripted delay: end them before the loop goes.
-        pending = asyncio.all_tasks(self._loop)
-        for task in pending:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self._loop.close()
 
     # ----------------------------------------------------------------- handlers
     async def _health(self, _: web.Request) -> web.Response:

@@ -4,7 +4,6 @@ with the real Redis on 127.0.0.1:6379 (keys under a per-run prefix) and a redis-
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 
 import httpx
@@ -13,7 +12,8 @@ import pytest
 import redis
 
 from tests.conftest import scripted_graph
-from tests.upstream import _free_port, wait_until
+from tests.loopback import free_port
+from tests.upstream import wait_until
 
 PREFIX = f"octogate-test:{uuid.uuid4().hex[:8]}:"
 
@@ -141,7 +141,7 @@ def test_concurrent_turns_on_one_conversation_lose_none(gw):
 
 
 def test_redis_dying_leaves_the_gateway_serving(upstream, gateway_factory, tmp_path):
-    port = _free_port()
+    port = free_port()
     cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
            "--dir", str(tmp_path)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)

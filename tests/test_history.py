@@ -25,7 +25,7 @@ from gateway.history import (
     check_conversation_id,
     scope_for_key,
 )
-from tests.upstream import _free_port
+from tests.loopback import free_port
 
 LOCAL_URL = "redis://127.0.0.1:6379/0"
 SCOPE = scope_for_key("sk-test-key")
@@ -251,7 +251,7 @@ class RedisServer:
     """A throwaway redis-server on a port of its own, with no persistence."""
 
     def __init__(self, workdir: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
 

@@ -18,7 +18,7 @@ from router_model.protocol import RouterDecision, RouterGrammar, RouterOutputErr
 from router_model.sglang_engine import SGLangRouterEngine, chatml_prompt, sglang_launch_command
 from tests.conftest import REPO
 from tests.sglang_server import MODEL_PATH, SGLangDouble
-from tests.upstream import _free_port
+from tests.loopback import free_port
 
 GRAMMAR = RouterGrammar.from_graph(load_graph(REPO / "config" / "default.yaml"))
 QUERY = "What is the derivative of x^2? It's for my \"calculus\" class.\nThanks <3"
@@ -167,7 +167,7 @@ def test_an_aborted_request_is_an_engine_error(sglang):
 
 
 def test_a_server_that_is_down_is_an_engine_error():
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     err = failure(url, connect_timeout=1)
     assert err.message.startswith(f"SGLang router at {url} is unreachable")
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.sglang_server import SGLangDouble
-from tests.upstream import _free_port
+from tests.loopback import free_port
 
 QUERY = "What is the derivative of x^3 at x = 2?"
 CACHE_PREFIX_REDIS = "octogate:route:"
@@ -93,7 +93,7 @@ def test_a_failing_router_sends_the_request_to_the_fallback_never_a_5xx(upstream
 
 
 def test_an_unreachable_router_is_a_fallback_and_readyz_says_degraded(upstream, gateway_factory):
-    gw = gateway_factory(routed_graph(upstream, f"http://127.0.0.1:{_free_port()}"))
+    gw = gateway_factory(routed_graph(upstream, f"http://127.0.0.1:{free_port()}"))
     resp = ask(gw)
     assert resp.status_code == 200 and resp.headers["x-octogate-fallback"] == "router_error"
     ready = httpx.get(f"{gw.url}/readyz").json()

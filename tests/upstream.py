@@ -15,7 +15,6 @@ and behaves according to the ``model`` it is asked for:
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.loopback import LoopbackServer
 
 
 @dataclass
@@ -65,40 +66,17 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopbackServer):
+    name = "scripted upstream"
+
     def __init__(self) -> None:
+        super().__init__()
         self.state = UpstreamState()
-        self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._ready = threading.Event()
 
-    # ----------------------------------------------------------------- lifecycle
-    def start(self) -> ScriptedUpstream:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("scripted upstream did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._runner:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self._loop.run_forever()
 
     # ----------------------------------------------------------------- handlers
     async def _models(self, _: web.Request) -> web.Response:
@@ -147,12 +125,6 @@ class ScriptedUpstream:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float = 5.0) -> bool:
