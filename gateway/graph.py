@@ -109,6 +109,16 @@ class BackendConfig(_Strict):
         return self
 
 
+class HopRouterConfig(_Strict):
+    """A node's own router: from this node, routing continues over its ``neighbours`` (Octopus v4)."""
+
+    engine: Literal["sglang"]
+    base_url: str = Field(description="env:NAME allowed")
+    api_key: str | None = None
+    mode: Literal["select", "select+reformat"] = "select"
+    timeout: float = Field(default=2.0, gt=0)
+
+
 class NodeConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
     description: str = ""
@@ -117,6 +127,8 @@ class NodeConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="default generation parameters")
     backend: str | BackendConfig
     reformat: bool = Field(default=False, description="in select+reformat mode, receive the router's rewritten query")
+    router: HopRouterConfig | None = None
+    neighbours: list[str] = Field(default_factory=list, description="nodes this node's router may choose")
 
     @field_validator("params")
     @classmethod
@@ -170,6 +182,7 @@ class RouterConfig(_Strict):
     mode: Literal["select", "select+reformat"] = "select"
     timeout: float = Field(default=2.0, gt=0, description="seconds before the fallback node takes the request")
     fallback: str = "general"
+    max_hops: int = Field(default=3, ge=1, description="routing decisions per request at most (Octopus v4 graphs)")
     cache: RouteCacheConfig | None = None
 
 
@@ -199,6 +212,16 @@ class GraphConfig(_Strict):
                 raise _PathError(
                     ("nodes", i, "backend"), f"unknown backend '{node.backend}' (backends: {known})"
                 )
+        for i, node in enumerate(self.nodes):
+            if node.router is not None and not node.neighbours:
+                raise _PathError(("nodes", i, "neighbours"), "a node with a router needs neighbours to route to")
+            if node.neighbours and node.router is None:
+                raise _PathError(("nodes", i, "router"), "neighbours are only used by a node's own router")
+            for j, name in enumerate(node.neighbours):
+                if name not in seen:
+                    raise _PathError(("nodes", i, "neighbours", j), f"unknown node '{name}'")
+                if self.nodes[seen[name]].token is None:
+                    raise _PathError(("nodes", i, "neighbours", j), f"node '{name}' has no token to be routed to")
         if self.router is not None:
             if self.router.name in seen:
                 raise _PathError(("router", "name"), f"'{self.router.name}' is also a node's name")

@@ -32,13 +32,15 @@ log = logging.getLogger("octogate.routing")
 
 TOKEN_HEADER = b"x-octogate-token"
 FALLBACK_HEADER = b"x-octogate-fallback"
+ROUTE_HEADER = b"x-octogate-route"  # the nodes passed through, when routing took more than one hop
 
 
 def graph_version(graph: GraphConfig) -> str:
     """A digest of everything a routing decision depends on: nodes, tokens, descriptions, router."""
     parts = {
         "router": graph.router.model_dump(exclude={"cache", "timeout", "api_key"}) if graph.router else None,
-        "nodes": [(n.name, n.token, n.description, n.reformat) for n in graph.nodes],
+        "nodes": [(n.name, n.token, n.description, n.reformat, n.neighbours,
+                   n.router.model_dump(exclude={"timeout", "api_key"}) if n.router else None) for n in graph.nodes],
     }
     return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
@@ -66,12 +68,13 @@ class RouteCache:
         self._redis = Redis.from_url(cfg.resolved_url(), socket_timeout=cfg.op_timeout,
                                      socket_connect_timeout=cfg.op_timeout, retry_on_timeout=False)
 
-    def key(self, query: str) -> str:
-        return self.prefix + hashlib.sha256(query.encode("utf-8", "surrogatepass")).hexdigest()
+    def key(self, point: str, query: str) -> str:
+        """``point`` is where the decision is made: the graph's router, or a node with its own."""
+        return f"{self.prefix}{point}:" + hashlib.sha256(query.encode("utf-8", "surrogatepass")).hexdigest()
 
-    async def get(self, query: str) -> RouterDecision | None:
+    async def get(self, point: str, query: str) -> RouterDecision | None:
         try:
-            raw = await asyncio.wait_for(self._redis.get(self.key(query)), self.cfg.op_timeout)
+            raw = await asyncio.wait_for(self._redis.get(self.key(point, query)), self.cfg.op_timeout)
         except (RedisError, OSError, asyncio.TimeoutError):
             return None
         if raw is None:
@@ -82,10 +85,11 @@ class RouteCache:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
 
-    async def put(self, query: str, decision: RouterDecision) -> None:
+    async def put(self, point: str, query: str, decision: RouterDecision) -> None:
         value = orjson.dumps({"token": decision.token, "node": decision.node, "argument": decision.argument})
         try:
-            await asyncio.wait_for(self._redis.set(self.key(query), value, ex=self.cfg.ttl_seconds), self.cfg.op_timeout)
+            await asyncio.wait_for(self._redis.set(self.key(point, query), value, ex=self.cfg.ttl_seconds),
+                                   self.cfg.op_timeout)
         except (RedisError, OSError, asyncio.TimeoutError):
             pass
 
@@ -102,66 +106,106 @@ class Router:
         self.nodes = nodes
         self.metrics = metrics
         self.tracing = tracing
-        self.grammar = RouterGrammar.from_graph(graph)
-        # The router's deadline (asyncio.wait_for below) decides; the engine's own HTTP timeout is a backstop.
-        self.engine = SGLangRouterEngine(resolve_secret(cfg.base_url) or cfg.base_url, self.grammar, mode=cfg.mode,
-                                         timeout=cfg.timeout + 5, api_key=resolve_secret(cfg.api_key))
+        # Where decisions are made: the graph's router over every node with a token, and each node
+        # with a router of its own over its neighbours.
+        self.points: dict[str, RoutingPoint] = {
+            cfg.name: RoutingPoint(cfg.name, RouterGrammar.from_graph(graph), cfg.base_url, cfg.api_key, cfg.mode,
+                                   cfg.timeout)}
+        tokens = {n.name: n.token for n in graph.nodes}
+        for n in graph.nodes:
+            if n.router is not None:
+                grammar = RouterGrammar([(tokens[name], name) for name in n.neighbours])
+                self.points[n.name] = RoutingPoint(n.name, grammar, n.router.base_url, n.router.api_key, n.router.mode,
+                                                   n.router.timeout)
         self.fallback = nodes.resolve(cfg.fallback)
         self.version = graph_version(graph)
         self.cache = RouteCache(cfg.cache, self.version, cfg.mode) if cfg.cache else None
         self.reformat_nodes = frozenset(n.name for n in graph.nodes if n.reformat)
 
     async def start(self) -> None:
-        await self.engine.start()
+        await asyncio.gather(*(p.engine.start() for p in self.points.values()))
 
     async def aclose(self) -> None:
-        await self.engine.aclose()
+        await asyncio.gather(*(p.engine.aclose() for p in self.points.values()))
         if self.cache is not None:
             await self.cache.aclose()
 
     async def check_ready(self) -> str:
         try:
-            return await self.engine.check_ready()
+            return await self.points[self.name].engine.check_ready()
         except RouterEngineError as exc:
             return f"unavailable ({exc.message}); requests go to '{self.fallback.name}'"
 
     async def route(self, data: dict[str, Any]) -> tuple[Node, list[tuple[bytes, bytes]]]:
-        """Choose the node for this request (rewriting its last user message if the node wants it)."""
+        """Choose the node for this request, hop by hop while the chosen node has a router of its own
+        (at most ``max_hops`` decisions), rewriting the last user message if the final node wants it."""
         index, query = last_user_text(data["messages"])
-        started = time.perf_counter()
-        with self.tracing.child_span("octogate.route", {"octogate.route.engine": self.cfg.engine,
-                                                        "octogate.route.mode": self.cfg.mode}) as span:
-            decision, cached, failure = None, False, None
-            if self.cache is not None and query:
-                decision = await self.cache.get(query)
-                cached = decision is not None
+        point, path, decision, failure = self.points[self.name], [], None, None
+        for hop in range(self.cfg.max_hops):
+            decision, failure = await self._decide(point, query, hop)
             if decision is None:
-                try:
-                    decision = await asyncio.wait_for(self.engine.decide(query), self.cfg.timeout)
-                except asyncio.TimeoutError:
-                    failure = "router_timeout"
-                except RouterEngineError as exc:
-                    failure = "router_error"
-                    log.warning("router failed, using '%s': %s", self.fallback.name, exc.message)
-            seconds = time.perf_counter() - started
-            if decision is None:
-                node, headers = self.fallback, [(FALLBACK_HEADER, failure.encode())]
-            else:
-                node = self.nodes.resolve(decision.node)
-                headers = [(TOKEN_HEADER, functional_token(decision.token).encode())]
-                if self.cache is not None and not cached and query:
-                    await self.cache.put(query, decision)
-            self.metrics.route_decision(node.name, seconds, fallback=decision is None)
-            if span is not None:
-                span.set_attribute("octogate.route.node", node.name)
-                span.set_attribute("octogate.route.fallback", failure or "")
-                span.set_attribute("octogate.route.cached", cached)
-                span.set_attribute("octogate.route.decision_seconds", seconds)
-                if decision is not None:
-                    span.set_attribute("octogate.route.token", functional_token(decision.token))
+                break
+            path.append(decision.node)
+            if decision.node not in self.points or decision.node == point.name:
+                break
+            point = self.points[decision.node]
+        if decision is None:
+            node, headers = self.fallback, [(FALLBACK_HEADER, failure.encode())]
+        else:
+            node = self.nodes.resolve(decision.node)
+            headers = [(TOKEN_HEADER, functional_token(decision.token).encode())]
+            if len(path) > 1:
+                headers.append((ROUTE_HEADER, ">".join(path).encode()))
         if decision is not None and decision.argument and index >= 0 and node.name in self.reformat_nodes:
             with self.tracing.child_span("octogate.reformat", {"octogate.node": node.name}):
                 messages = list(data["messages"])
                 messages[index] = {**messages[index], "content": decision.argument}
                 data["messages"] = messages
         return node, headers
+
+    async def _decide(self, point: RoutingPoint, query: str, hop: int) -> tuple[RouterDecision | None, str | None]:
+        """One routing hop: a cached or fresh decision at ``point``, or the reason there is none."""
+        started = time.perf_counter()
+        with self.tracing.child_span("octogate.route", {"octogate.route.engine": self.cfg.engine,
+                                                        "octogate.route.mode": point.mode,
+                                                        "octogate.route.point": point.name,
+                                                        "octogate.route.hop": hop}) as span:
+            decision, cached, failure = None, False, None
+            if self.cache is not None and query:
+                decision = await self.cache.get(point.name, query)
+                cached = decision is not None
+            if decision is None:
+                try:
+                    decision = await asyncio.wait_for(point.engine.decide(query), point.timeout)
+                except asyncio.TimeoutError:
+                    failure = "router_timeout"
+                except RouterEngineError as exc:
+                    failure = "router_error"
+                    log.warning("router '%s' failed, using '%s': %s", point.name, self.fallback.name, exc.message)
+                if decision is not None and self.cache is not None and query:
+                    await self.cache.put(point.name, query, decision)
+            seconds = time.perf_counter() - started
+            chosen = decision.node if decision is not None else self.fallback.name
+            self.metrics.route_decision(chosen, seconds, fallback=decision is None)
+            if span is not None:
+                span.set_attribute("octogate.route.node", chosen)
+                span.set_attribute("octogate.route.fallback", failure or "")
+                span.set_attribute("octogate.route.cached", cached)
+                span.set_attribute("octogate.route.decision_seconds", seconds)
+                if decision is not None:
+                    span.set_attribute("octogate.route.token", functional_token(decision.token))
+        return decision, failure
+
+
+class RoutingPoint:
+    """A place where a routing decision is made: a router engine and the grammar of its choices."""
+
+    def __init__(self, name: str, grammar: RouterGrammar, base_url: str, api_key: str | None, mode: str,
+                 timeout: float):
+        self.name = name
+        self.grammar = grammar
+        self.mode = mode
+        self.timeout = timeout
+        # The deadline above (asyncio.wait_for) decides; the engine's own HTTP timeout is a backstop.
+        self.engine = SGLangRouterEngine(resolve_secret(base_url) or base_url, grammar, mode=mode,
+                                         timeout=timeout + 5, api_key=resolve_secret(api_key))

@@ -163,3 +163,65 @@ def test_sglang_command_prints_the_launch_line(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ("python -m sglang.launch_server --model-path /models/octopus-router "
                                   "--host 127.0.0.1 --port 31000 --grammar-backend xgrammar")
+
+
+@pytest.fixture(scope="module")
+def sglang_b():
+    server = SGLangDouble().start()
+    yield server
+    server.stop()
+
+
+def hop_graph(upstream, graph_router: str, science_router: str, max_hops: int = 3) -> dict:
+    def node(name: str, token: int, **extra) -> dict:
+        return {"name": name, "token": token,
+                "backend": {"model": "openai/echo", "api_base": upstream.base_url, "timeout": 2}, **extra}
+
+    return {"router": {"engine": "sglang", "base_url": graph_router, "fallback": "general", "max_hops": max_hops},
+            "nodes": [node("science", 0, router={"engine": "sglang", "base_url": science_router},
+                           neighbours=["physics", "chemistry"]),
+                      node("physics", 1), node("chemistry", 2), node("general", 16)]}
+
+
+def test_routing_continues_hop_by_hop_over_a_nodes_neighbours(upstream, sglang, sglang_b, gateway_factory):
+    gw = gateway_factory(hop_graph(upstream, sglang.base_url, sglang_b.base_url))
+    sglang.reset(text="<nexa_0>")     # the graph's router: science
+    sglang_b.reset(text="<nexa_2>")   # science's router: chemistry
+    resp = ask(gw, "What is a covalent bond?")
+    assert resp.headers["x-octogate-node"] == "chemistry"
+    assert resp.headers["x-octogate-route"] == "science>chemistry"
+    assert resp.headers["x-octogate-token"] == "<nexa_2>"
+    # science's router may only choose among its neighbours
+    assert sglang_b.requests[-1].body["sampling_params"]["regex"] == "(<nexa_1>|<nexa_2>)"
+    assert "<nexa_16>" in sglang.requests[-1].body["sampling_params"]["regex"]
+
+
+def test_the_hop_limit_stops_routing(upstream, sglang, sglang_b, gateway_factory):
+    gw = gateway_factory(hop_graph(upstream, sglang.base_url, sglang_b.base_url, max_hops=1))
+    sglang.reset(text="<nexa_0>")
+    sglang_b.reset(text="<nexa_2>")
+    resp = ask(gw, "What is a covalent bond?")
+    assert resp.headers["x-octogate-node"] == "science"
+    assert sglang_b.requests == []
+
+
+def test_a_failing_hop_router_falls_back(upstream, sglang, sglang_b, gateway_factory):
+    gw = gateway_factory(hop_graph(upstream, sglang.base_url, sglang_b.base_url))
+    sglang.reset(text="<nexa_0>")
+    sglang_b.reset(text="<nexa_16>")  # not a neighbour of science: the grammar would never produce it
+    resp = ask(gw, "What is a covalent bond?")
+    assert resp.status_code == 200
+    assert resp.headers["x-octogate-node"] == "general"
+    assert resp.headers["x-octogate-fallback"] == "router_error"
+
+
+def test_hop_config_errors_are_readable():
+    from gateway.graph import ConfigError, parse_graph
+
+    base = {"nodes": [{"name": "a", "token": 0, "backend": {"model": "openai/x"},
+                       "router": {"engine": "sglang", "base_url": "http://r"}, "neighbours": ["zz"]}]}
+    with pytest.raises(ConfigError, match=r"nodes\[0\]\.neighbours\[0\]: unknown node 'zz'"):
+        parse_graph(base, "g.yaml")
+    base["nodes"][0]["neighbours"] = []
+    with pytest.raises(ConfigError, match=r"nodes\[0\]\.neighbours: a node with a router needs neighbours"):
+        parse_graph(base, "g.yaml")
