@@ -100,7 +100,7 @@ def create_app(graph: GraphConfig) -> Gateway:
     keys = KeyChecker(graph.server.resolved_api_keys())
     metrics = Metrics()
     conversations = Conversations(graph.history, metrics)
-    tracing = Tracing()
+    tracing = Tracing(capture_content=True if graph.server.trace_content else None)  # None: the environment decides
     router = Router(graph, nodes, metrics, tracing) if graph.router else None
     chat = ChatService(nodes, keys, metrics, conversations, tracing, graph.server.max_body_bytes, router)
     models = ModelsService(nodes, router.name if router else None)

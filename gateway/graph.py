@@ -142,6 +142,8 @@ class NodeConfig(_Strict):
 class ServerConfig(_Strict):
     api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys; env:NAME allowed")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    trace_content: bool = Field(default=False, description="put prompt and completion text in trace spans "
+                                "(OCTOGATE_TRACE_CONTENT=true does the same)")
 
     def resolved_api_keys(self) -> list[str]:
         keys = [resolve_secret(k) for k in self.api_keys]

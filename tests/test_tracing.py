@@ -130,3 +130,15 @@ def test_a_routed_request_has_a_route_span_between_server_and_backend(upstream, 
         assert route.attributes["octogate.route.decision_seconds"] > 0
     finally:
         sglang.stop()
+
+
+def test_the_graph_can_opt_in_to_content_in_spans(upstream, gateway_factory, receiver):
+    graph = scripted_graph(upstream, trace_content=True)
+    gw = gateway_factory(graph, env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                     "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "50"})
+    trace_id = "56" * 16
+    gw.client().chat.completions.create(model="plain", messages=[{"role": "user", "content": SECRET_PROMPT}],
+                                        extra_headers={"traceparent": f"00-{trace_id}-{'78' * 8}-01"})
+    backend = trace_of(receiver, trace_id, {"chat echo"})["chat echo"]
+    assert SECRET_PROMPT in backend.attributes["gen_ai.input.messages"]
+    assert f"echo: {SECRET_PROMPT}" in backend.attributes["gen_ai.output.messages"]
