@@ -102,6 +102,81 @@ def sglang_command(
     print(shlex.join(argv))
 
 
+@router_cli.command("convert-mmlu")
+def convert_mmlu_command(
+    source: Annotated[Path, typer.Argument(help="an MMLU file, e.g. ../shared/data/routing/mmlu_train.jsonl")],
+    out: Annotated[Path, typer.Option(help="where to write the routing examples (JSONL)")],
+) -> None:
+    """Turn MMLU questions (question, category) into routing examples (query, node)."""
+    import orjson
+
+    from router_model.evaluation import convert_mmlu
+
+    with open(source, "rb") as f:
+        rows = [orjson.loads(line) for line in f if line.strip()]
+    with open(out, "wb") as f:
+        for example in convert_mmlu(rows):
+            f.write(orjson.dumps(example) + b"\n")
+    Console().print(f"{len(rows)} examples written to {out}")
+
+
+@router_cli.command("eval")
+def eval_command(
+    data: Annotated[Path, typer.Option(help="routing examples: JSONL of {query, node}")],
+    config: Annotated[Optional[Path], typer.Option(help="graph file with a router: block")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="evaluate the first N examples only")] = None,
+) -> None:
+    """Top-1 accuracy, per-node precision/recall, costly confusions and decision latency of a graph's router."""
+    import asyncio
+
+    from gateway.routing import RoutingPoint
+    from router_model.engine import RouterEngineError
+    from router_model.evaluation import evaluate, read_examples
+    from router_model.protocol import RouterGrammar
+
+    graph = _load_or_exit((config or default_config_path()).resolve())
+    if graph.router is None:
+        err_console.print("[bold red]error:[/] this graph has no router: block to evaluate")
+        raise typer.Exit(1)
+    try:
+        examples = read_examples(data)[:limit]
+    except (OSError, ValueError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    cfg = graph.router
+    point = RoutingPoint(cfg.name, RouterGrammar.from_graph(graph), cfg.base_url, cfg.api_key, cfg.mode, cfg.timeout)
+
+    async def run():
+        await point.engine.start()
+        try:
+            async def decide(query: str) -> str | None:
+                try:
+                    return (await asyncio.wait_for(point.engine.decide(query), point.timeout)).node
+                except (RouterEngineError, asyncio.TimeoutError):
+                    return None
+            return await evaluate(examples, decide)
+        finally:
+            await point.engine.aclose()
+
+    report = asyncio.run(run())
+    console = Console()
+    console.print(f"{report.total} examples: top-1 accuracy {report.accuracy:.1%} "
+                  f"({report.correct} right, {report.failures} without a decision)")
+    console.print(f"decision latency: p50 {report.percentile(50) * 1000:.1f} ms, p95 {report.percentile(95) * 1000:.1f} ms")
+    table = Table(title="per node")
+    for column in ("node", "precision", "recall", "support"):
+        table.add_column(column)
+    for node, (precision, recall, support) in report.per_node().items():
+        table.add_row(node, f"{precision:.1%}", f"{recall:.1%}", str(support))
+    console.print(table)
+    confusions = Table(title="costliest confusions")
+    for column in ("expected", "routed to", "count"):
+        confusions.add_column(column)
+    for gold, predicted, n in report.confusions():
+        confusions.add_row(gold, predicted, str(n))
+    console.print(confusions)
+
+
 def main() -> None:
     cli()
 
