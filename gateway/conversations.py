@@ -138,11 +138,11 @@ def _not_found(conversation: str) -> OpenAIError:
     return OpenAIError(404, f"No conversation '{conversation}'.", param="conversation_id", code="conversation_not_found")
 
 
-def answer_from_body(body: bytes) -> dict[str, Any] | None:
-    """The assistant message of a non-streamed completion (its first choice)."""
+def answer_of(completion: dict[str, Any]) -> dict[str, Any] | None:
+    """The assistant message of a parsed non-streamed completion (its first choice)."""
     try:
-        message = orjson.loads(body)["choices"][0]["message"]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        message = completion["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
         return None
     return {k: v for k, v in message.items() if v is not None} if isinstance(message, dict) else None
 
@@ -183,6 +183,9 @@ class AnswerAssembler:
                 fn = call.get("function") or {}
                 slot["function"]["name"] += fn.get("name") or ""
                 slot["function"]["arguments"] += fn.get("arguments") or ""
+
+    async def complete(self) -> None:
+        """Called once the stream has ended normally, before [DONE]; subclasses record the answer."""
 
     def answer(self) -> dict[str, Any] | None:
         if not self.seen:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from adapters import UpstreamError
 from gateway.auth import KeyChecker
 from gateway.conversations import (CONVERSATION_HEADER, HISTORY_HEADER, AnswerAssembler, Conversations, Turn,
-                                   answer_from_body, conversation_id)
+                                   answer_of, conversation_id)
 from gateway.errors import OpenAIError, from_validation_error
 from gateway.metrics import Metrics
 from gateway.nodes import Node, NodeTable
@@ -190,25 +190,24 @@ class ChatService:
             try:
                 body = await node.backend.complete(payload, self.tracing.inject(_NO_HEADERS))
             except UpstreamError as exc:
-                self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=False)
-                self.tracing.record_error(span, exc.status, exc.message, exc.code or exc.type)
-                raise to_openai_error(exc, _prepended(payload, data)) from None
+                raise self._upstream_failed(node, span, t0, exc, payload, data) from None
             self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=True)
-            summary = _completion_summary(body)
+            summary = _completion_summary(body)  # the one parse of the body: usage, span, history
             prompt_tokens, completion_tokens = _tokens(summary.get("usage"))
             self.metrics.tokens(node.name, prompt_tokens, completion_tokens)
+            answer = answer_of(summary) if turn is not None or self.tracing.capture_content else None
             if span is not None:
                 choices = summary.get("choices") or []
                 self.tracing.record_response(
                     span, response_model=summary.get("model"), response_id=summary.get("id"),
                     input_tokens=prompt_tokens, output_tokens=completion_tokens,
                     finish_reasons=[c.get("finish_reason") for c in choices if c.get("finish_reason")],
-                    output_text=(answer_from_body(body) or {}).get("content") if self.tracing.capture_content else None,
+                    output_text=(answer or {}).get("content") if self.tracing.capture_content else None,
                 )
         headers = [*_JSON_HEADERS, (NODE_HEADER, node.name.encode()), *route_headers]
         if turn is not None:
             with self.tracing.child_span("octogate.history.append"):
-                await self.conversations.finish(turn, answer_from_body(body))
+                await self.conversations.finish(turn, answer)
             if turn.header is not None:
                 headers.append((HISTORY_HEADER, turn.header))
         await send_response(send, 200, body, headers)
@@ -226,9 +225,7 @@ class ChatService:
             except StopAsyncIteration:
                 first = None
             except UpstreamError as exc:
-                self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=False)
-                self.tracing.record_error(span, exc.status, exc.message, exc.code or exc.type)
-                raise to_openai_error(exc, _prepended(payload, data)) from None
+                raise self._upstream_failed(node, span, t0, exc, payload, data) from None
             self.metrics.time_to_first_token(node.name, time.perf_counter() - started)
             self.tracing.first_token(span)
             headers = [*_SSE_HEADERS, (NODE_HEADER, node.name.encode()), *route_headers]
@@ -238,7 +235,7 @@ class ChatService:
                     headers.append((HISTORY_HEADER, turn.header))
                 recorder = _TurnRecorder(self.conversations, turn, self.tracing)
             elif span is not None:
-                recorder = _SpanRecorder()
+                recorder = AnswerAssembler()  # what the span reports: model, id, finish reasons, text
             outcome = await stream_sse(send, receive, headers, first, chunks, recorder)
             self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=outcome.ok)
             self.metrics.tokens(node.name, outcome.prompt_tokens, outcome.completion_tokens)
@@ -252,12 +249,12 @@ class ChatService:
                     self.tracing.record_error(span, 502, "the upstream failed mid-stream", "upstream_error")
         return 499 if outcome.client_gone else 200
 
-
-class _SpanRecorder(AnswerAssembler):
-    """Assembles a streamed answer for its trace span (only built while tracing is on)."""
-
-    async def complete(self) -> None:
-        pass
+    def _upstream_failed(self, node: Node, span: Any, t0: float, exc: UpstreamError, payload: dict[str, Any],
+                         data: dict[str, Any]) -> OpenAIError:
+        """Record a backend call that failed before answering; the error to send the client."""
+        self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=False)
+        self.tracing.record_error(span, exc.status, exc.message, exc.code or exc.type)
+        return to_openai_error(exc, _prepended(payload, data))
 
 
 class _TurnRecorder(AnswerAssembler):
@@ -347,5 +344,4 @@ def _count_usage(chunk: bytes, outcome: StreamOutcome) -> None:
     except (orjson.JSONDecodeError, AttributeError):
         return
     if isinstance(usage, dict):
-        outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
+        outcome.prompt_tokens, outcome.completion_tokens = _tokens(usage)

@@ -300,3 +300,13 @@ def test_api_keys(upstream, gateway_factory):
     assert resp.status_code == 401 and _error(resp)["code"] == "missing_api_key"
     assert httpx.get(f"{gw.url}/healthz").status_code == 200  # probes stay open
     assert "sk-wrong" not in gw.output() and "sk-alpha" not in gw.output()
+
+
+def test_malformed_stream_usage_is_ignored_not_raised():
+    from gateway.serving_chat import StreamOutcome, _count_usage
+
+    outcome = StreamOutcome()
+    _count_usage(b'{"choices": [], "usage": {"prompt_tokens": "many", "completion_tokens": 3}}', outcome)
+    assert (outcome.prompt_tokens, outcome.completion_tokens) == (0, 0)
+    _count_usage(b'{"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}', outcome)
+    assert (outcome.prompt_tokens, outcome.completion_tokens) == (4, 3)
