@@ -12,6 +12,14 @@ import hmac
 from gateway.errors import OpenAIError
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The key in an ``Authorization: Bearer <key>`` header value; None for anything else."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 class KeyChecker:
     def __init__(self, keys: list[str]):
         self._keys = [k.encode() for k in keys]
@@ -27,11 +35,11 @@ class KeyChecker:
         if not header:
             raise OpenAIError(401, "Missing API key: send it as 'Authorization: Bearer <key>'.",
                               code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
-        scheme, _, presented = header.partition(" ")
-        candidate = presented.strip().encode()
+        token = bearer_token(header)
+        candidate = (token or "").encode()
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
-        if scheme.lower() != "bearer" or not matched:
+        if token is None or not matched:
             raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key",
                               headers={"WWW-Authenticate": "Bearer"})

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from gateway.auth import bearer_token
 from gateway.errors import OpenAIError
 from gateway.graph import HistoryConfig
 from gateway.history import ConversationStore, HistoryLimits, HistoryUnavailable, check_conversation_id, scope_for_key
@@ -40,13 +41,6 @@ def conversation_id(header: bytes | None, data: dict[str, Any]) -> str | None:
         return check_conversation_id(value)
     except ValueError as exc:
         raise OpenAIError(400, f"Invalid {param}: {exc}", param=param, code="invalid_conversation_id") from None
-
-
-def bearer_key(authorization: bytes | None) -> str | None:
-    if authorization is None:
-        return None
-    scheme, _, key = authorization.decode("latin-1").partition(" ")
-    return key.strip() or None if scheme.lower() == "bearer" else None
 
 
 class Turn:
@@ -83,14 +77,14 @@ class Conversations:
             return "disabled"
         return "degraded" if self.store.degraded else "ok"
 
-    async def begin(self, conversation: str, authorization: bytes | None, data: dict[str, Any]) -> Turn:
+    async def begin(self, conversation: str, authorization: str | None, data: dict[str, Any]) -> Turn:
         """Insert the stored history into ``data["messages"]`` (in place); return the turn to record."""
         messages = data["messages"]
         lead = 0
         while lead < len(messages) and messages[lead].get("role") in _SYSTEM_ROLES:
             lead += 1
         new_messages = [m for m in messages[lead:] if m.get("role") not in _SYSTEM_ROLES]
-        turn = Turn(scope_for_key(bearer_key(authorization)), conversation, new_messages, None)
+        turn = Turn(scope_for_key(bearer_token(authorization)), conversation, new_messages, None)
         if self.store is None:
             turn.header = b"disabled"
             return turn
@@ -126,7 +120,7 @@ class Conversations:
             raise OpenAIError(404, "Conversation history is not configured on this gateway (no 'history:' in its graph).",
                               code="history_disabled")
         cid = conversation_id(conversation.encode("latin-1", "replace"), {})
-        scope = scope_for_key(bearer_key(None if authorization is None else authorization.encode("latin-1", "replace")))
+        scope = scope_for_key(bearer_token(authorization))
         try:
             return await operation(self.store, scope, cid)
         except HistoryUnavailable:

@@ -147,12 +147,12 @@ class ChatService:
             authorization = content_length = conversation = None
             for name, value in scope["headers"]:
                 if name == b"authorization":
-                    authorization = value
+                    authorization = value.decode("latin-1")
                 elif name == b"content-length":
                     content_length = value
                 elif name == CONVERSATION_HEADER:
                     conversation = value
-            self.keys.check(authorization.decode("latin-1") if authorization is not None else None)
+            self.keys.check(authorization)
             data = parse_request(await read_body(receive, content_length, self.max_body_bytes))
             model = data["model"]
             cid = conversation_id(conversation, data)
