@@ -132,7 +132,6 @@ def eval_command(
     from gateway.routing import RoutingPoint
     from router_model.engine import RouterEngineError
     from router_model.evaluation import evaluate, read_examples
-    from router_model.protocol import RouterGrammar
 
     graph = _load_or_exit((config or default_config_path()).resolve())
     if graph.router is None:
@@ -143,8 +142,7 @@ def eval_command(
     except (OSError, ValueError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    cfg = graph.router
-    point = RoutingPoint(cfg.name, RouterGrammar.from_graph(graph), cfg.base_url, cfg.api_key, cfg.mode, cfg.timeout)
+    point = RoutingPoint.for_graph(graph)
 
     async def run():
         await point.engine.start()

@@ -108,9 +108,7 @@ class Router:
         self.tracing = tracing
         # Where decisions are made: the graph's router over every node with a token, and each node
         # with a router of its own over its neighbours.
-        self.points: dict[str, RoutingPoint] = {
-            cfg.name: RoutingPoint(cfg.name, RouterGrammar.from_graph(graph), cfg.base_url, cfg.api_key, cfg.mode,
-                                   cfg.timeout)}
+        self.points: dict[str, RoutingPoint] = {cfg.name: RoutingPoint.for_graph(graph)}
         tokens = {n.name: n.token for n in graph.nodes}
         for n in graph.nodes:
             if n.router is not None:
@@ -209,3 +207,10 @@ class RoutingPoint:
         # The deadline above (asyncio.wait_for) decides; the engine's own HTTP timeout is a backstop.
         self.engine = SGLangRouterEngine(resolve_secret(base_url) or base_url, grammar, mode=mode,
                                          timeout=timeout + 5, api_key=resolve_secret(api_key))
+
+    @classmethod
+    def for_graph(cls, graph: GraphConfig) -> RoutingPoint:
+        """The graph's own router: its ``router:`` block, choosing among every node with a token."""
+        cfg = graph.router
+        assert cfg is not None
+        return cls(cfg.name, RouterGrammar.from_graph(graph), cfg.base_url, cfg.api_key, cfg.mode, cfg.timeout)
