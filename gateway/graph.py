@@ -109,14 +109,32 @@ class BackendConfig(_Strict):
         return self
 
 
-class HopRouterConfig(_Strict):
-    """A node's own router: from this node, routing continues over its ``neighbours`` (Octopus v4)."""
+class RouterEngineConfig(_Strict):
+    """Where a router model runs and how it is asked: in process on the CPU, or on an SGLang server."""
 
-    engine: Literal["sglang"]
-    base_url: str = Field(description="env:NAME allowed")
+    engine: Literal["embedded", "sglang"] = Field(
+        default="embedded", description="embedded: llama.cpp in this process; sglang: an SGLang server")
+    path: str | None = Field(default=None, description="embedded: a trained router directory (default: the shipped one)")
+    threads: int | None = Field(default=None, ge=1, description="embedded: llama.cpp threads (default: all cores, up to 4)")
+    base_url: str | None = Field(default=None, description="sglang: the server, e.g. http://router:30000; env:NAME allowed")
     api_key: str | None = None
+    prompt_template: Literal["chatml", "phi3"] = Field(
+        default="chatml", description="sglang: the chat markers the served router was trained with "
+        "(chatml for routers trained here, phi3 for NexaAI/Octopus-v4)")
     mode: Literal["select", "select+reformat"] = "select"
-    timeout: float = Field(default=2.0, gt=0)
+    timeout: float = Field(default=2.0, gt=0, description="seconds before the fallback node takes the request")
+
+    @model_validator(mode="after")
+    def _engine_settings(self) -> RouterEngineConfig:
+        if self.engine == "sglang" and not self.base_url:
+            raise _PathError(("base_url",), "engine 'sglang' needs base_url (the SGLang server)")
+        if self.engine == "embedded" and self.base_url:
+            raise _PathError(("base_url",), "base_url is for engine 'sglang'; the embedded engine runs in process")
+        return self
+
+
+class HopRouterConfig(RouterEngineConfig):
+    """A node's own router: from this node, routing continues over its ``neighbours`` (Octopus v4)."""
 
 
 class NodeConfig(_Strict):
@@ -174,15 +192,10 @@ class RouteCacheConfig(_Strict):
         return os.environ.get("OCTOGATE_REDIS_URL") or resolve_secret(self.redis_url) or "redis://127.0.0.1:6379/0"
 
 
-class RouterConfig(_Strict):
+class RouterConfig(RouterEngineConfig):
     """The functional-token router behind ``model: <name>``."""
 
     name: str = Field(default="octopus", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-    engine: Literal["sglang"] = Field(description="where the router model runs (the in-process engine is not built yet)")
-    base_url: str = Field(description="the SGLang server, e.g. http://router:30000; env:NAME allowed")
-    api_key: str | None = None
-    mode: Literal["select", "select+reformat"] = "select"
-    timeout: float = Field(default=2.0, gt=0, description="seconds before the fallback node takes the request")
     fallback: str = "general"
     max_hops: int = Field(default=3, ge=1, description="routing decisions per request at most (Octopus v4 graphs)")
     cache: RouteCacheConfig | None = None
@@ -289,7 +302,8 @@ def parse_graph(data: Any, source: str = "<config>") -> GraphConfig:
         for err in exc.errors(include_url=False):
             ctx_err = (err.get("ctx") or {}).get("error")
             if isinstance(ctx_err, _PathError):
-                lines.append(f"{source}: {format_loc(ctx_err.loc)}: {ctx_err.message}")
+                # a nested model's error knows its key relative to that model: prefix where it sits
+                lines.append(f"{source}: {format_loc(_drop_union_tags(err['loc']) + ctx_err.loc)}: {ctx_err.message}")
                 continue
             if _wrong_union_branch(err):
                 continue

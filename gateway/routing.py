@@ -20,13 +20,13 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.graph import GraphConfig, RouteCacheConfig, resolve_secret
+from gateway.graph import GraphConfig, RouteCacheConfig, RouterEngineConfig, resolve_secret
 from gateway.metrics import Metrics
 from gateway.nodes import Node, NodeTable
 from gateway.tracing import Tracing
-from router_model.engine import RouterEngineError
+from router_model.engine import RouterEngine, RouterEngineError
 from router_model.protocol import RouterDecision, RouterGrammar, functional_token
-from router_model.sglang_engine import SGLangRouterEngine
+from router_model.sglang_engine import PROMPT_TEMPLATES, SGLangRouterEngine
 
 log = logging.getLogger("octogate.routing")
 
@@ -113,8 +113,7 @@ class Router:
         for n in graph.nodes:
             if n.router is not None:
                 grammar = RouterGrammar([(tokens[name], name) for name in n.neighbours])
-                self.points[n.name] = RoutingPoint(n.name, grammar, n.router.base_url, n.router.api_key, n.router.mode,
-                                                   n.router.timeout)
+                self.points[n.name] = RoutingPoint(n.name, grammar, n.router)
         self.fallback = nodes.resolve(cfg.fallback)
         self.version = graph_version(graph)
         self.cache = RouteCache(cfg.cache, self.version, cfg.mode) if cfg.cache else None
@@ -198,19 +197,27 @@ class Router:
 class RoutingPoint:
     """A place where a routing decision is made: a router engine and the grammar of its choices."""
 
-    def __init__(self, name: str, grammar: RouterGrammar, base_url: str, api_key: str | None, mode: str,
-                 timeout: float):
+    def __init__(self, name: str, grammar: RouterGrammar, cfg: RouterEngineConfig):
         self.name = name
         self.grammar = grammar
-        self.mode = mode
-        self.timeout = timeout
-        # The deadline above (asyncio.wait_for) decides; the engine's own HTTP timeout is a backstop.
-        self.engine = SGLangRouterEngine(resolve_secret(base_url) or base_url, grammar, mode=mode,
-                                         timeout=timeout + 5, api_key=resolve_secret(api_key))
+        self.mode = cfg.mode
+        self.timeout = cfg.timeout
+        self.engine = make_engine(cfg, grammar)
 
     @classmethod
     def for_graph(cls, graph: GraphConfig) -> RoutingPoint:
         """The graph's own router: its ``router:`` block, choosing among every node with a token."""
         cfg = graph.router
         assert cfg is not None
-        return cls(cfg.name, RouterGrammar.from_graph(graph), cfg.base_url, cfg.api_key, cfg.mode, cfg.timeout)
+        return cls(cfg.name, RouterGrammar.from_graph(graph), cfg)
+
+
+def make_engine(cfg: RouterEngineConfig, grammar: RouterGrammar) -> RouterEngine:
+    if cfg.engine == "embedded":
+        from router_model.embedded_engine import EmbeddedRouterEngine  # loads llama.cpp only when used
+
+        return EmbeddedRouterEngine(grammar, router_path=cfg.path, mode=cfg.mode, n_threads=cfg.threads)
+    base_url = resolve_secret(cfg.base_url) or cfg.base_url
+    # The deadline (asyncio.wait_for with cfg.timeout) decides; the engine's own HTTP timeout is a backstop.
+    return SGLangRouterEngine(base_url, grammar, mode=cfg.mode, timeout=cfg.timeout + 5,
+                              api_key=resolve_secret(cfg.api_key), prompt_template=PROMPT_TEMPLATES[cfg.prompt_template])

@@ -63,6 +63,15 @@ def chatml_prompt(messages: list[dict[str, str]]) -> str:
     return turns + "<|im_start|>assistant\n"
 
 
+def phi3_prompt(messages: list[dict[str, str]]) -> str:
+    """``messages`` with Phi-3's markers, the template of NexaAI/Octopus-v4 (a Phi-3-mini fine-tune)."""
+    turns = "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages)
+    return turns + "<|assistant|>\n"
+
+
+PROMPT_TEMPLATES: dict[str, PromptTemplate] = {"chatml": chatml_prompt, "phi3": phi3_prompt}
+
+
 def sglang_launch_command(
     model_path: str,
     *,

@@ -3,6 +3,7 @@ loopback protocol double: no GPU on these machines) -> the chosen node (the scri
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import httpx
@@ -225,3 +226,26 @@ def test_hop_config_errors_are_readable():
     base["nodes"][0]["neighbours"] = []
     with pytest.raises(ConfigError, match=r"nodes\[0\]\.neighbours: a node with a router needs neighbours"):
         parse_graph(base, "g.yaml")
+
+
+@pytest.mark.parametrize("router, problem", [
+    ({"engine": "sglang"}, "router.base_url: engine 'sglang' needs base_url"),
+    ({"engine": "embedded", "base_url": "http://r:30000"}, "router.base_url: base_url is for engine 'sglang'"),
+    ({"engine": "sglang", "base_url": "http://r", "prompt_template": "llama3"}, "router.prompt_template"),
+])
+def test_router_engine_settings_are_checked(router, problem):
+    from gateway.graph import ConfigError, parse_graph
+
+    graph = {"router": router, "nodes": [{"name": "general", "token": 0, "backend": {"model": "openai/x"}}]}
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        parse_graph(graph, "g.yaml")
+
+
+def test_octopus_v4_is_asked_in_its_own_phi3_template(upstream, sglang, gateway_factory):
+    graph = routed_graph(upstream, sglang.base_url)
+    graph["router"]["prompt_template"] = "phi3"
+    gw = gateway_factory(graph)
+    sglang.reset(text="<nexa_4>")
+    assert ask(gw).headers["x-octogate-node"] == "math"
+    text = sglang.requests[-1].body["text"]
+    assert text.startswith("<|system|>\n") and text.endswith(f"<|user|>\n{QUERY}<|end|>\n<|assistant|>\n"), text
