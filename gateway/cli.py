@@ -106,18 +106,85 @@ def sglang_command(
 def convert_mmlu_command(
     source: Annotated[Path, typer.Argument(help="an MMLU file, e.g. ../shared/data/routing/mmlu_train.jsonl")],
     out: Annotated[Path, typer.Option(help="where to write the routing examples (JSONL)")],
+    holdout_out: Annotated[Optional[Path], typer.Option(
+        help="also split off a held-out set (by a hash of each question's id) into this file")] = None,
+    holdout_percent: Annotated[int, typer.Option(min=1, max=50, help="share of questions held out")] = 10,
 ) -> None:
     """Turn MMLU questions (question, category) into routing examples (query, node)."""
     import orjson
 
-    from router_model.evaluation import convert_mmlu
+    from router_model.evaluation import convert_mmlu, held_out
 
     with open(source, "rb") as f:
         rows = [orjson.loads(line) for line in f if line.strip()]
+    kept = [r for r in rows if holdout_out is None or not held_out(r["id"], holdout_percent)]
     with open(out, "wb") as f:
-        for example in convert_mmlu(rows):
+        for example in convert_mmlu(kept):
             f.write(orjson.dumps(example) + b"\n")
-    Console().print(f"{len(rows)} examples written to {out}")
+    message = f"{len(kept)} examples written to {out}"
+    if holdout_out is not None:
+        held = [r for r in rows if held_out(r["id"], holdout_percent)]
+        with open(holdout_out, "wb") as f:
+            for example in convert_mmlu(held):
+                f.write(orjson.dumps(example) + b"\n")
+        message += f", {len(held)} held out to {holdout_out}"
+    Console().print(message)
+
+
+@router_cli.command("train")
+def train_command(
+    data: Annotated[Path, typer.Option(help="routing examples: JSONL of {query, node, reformatted?}")],
+    out: Annotated[Path, typer.Option(help="directory for the trained router (a few MB; resumable)")],
+    config: Annotated[Optional[Path], typer.Option(help="graph whose nodes get functional tokens")] = None,
+    eval_data: Annotated[Optional[list[Path]], typer.Option(
+        "--eval", help="examples to score after each epoch (repeatable)")] = None,
+    time_budget: Annotated[Optional[float], typer.Option(
+        help="minutes of training, then checkpoint and stop; rerun the same command to resume")] = None,
+    epochs: Annotated[float, typer.Option(min=0.01)] = 3.0,
+    lora_layers: Annotated[int, typer.Option(min=1, help="LoRA on the top N blocks (SmolLM2 has 30)")] = 12,
+    rank: Annotated[int, typer.Option(min=1)] = 16,
+    alpha: Annotated[float, typer.Option()] = 32.0,
+    lr: Annotated[float, typer.Option(help="LoRA learning rate")] = 5e-4,
+    token_lr: Annotated[float, typer.Option(help="learning rate of the new token rows")] = 2e-3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_query_tokens: Annotated[int, typer.Option(min=8)] = 128,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads (0: all cores)")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train functional tokens for a graph's nodes on this CPU (needs the [train] extra: torch, gguf)."""
+    try:
+        from router_model.training import TrainSettings, train_router
+    except ImportError as exc:
+        err_console.print(f"[bold red]error:[/] training needs the train extra (pip install -e '.[train]'): {exc}")
+        raise typer.Exit(1) from None
+    from router_model.evaluation import read_examples
+
+    graph = _load_or_exit((config or default_config_path()).resolve())
+    nodes = {n.token: n.name for n in graph.nodes if n.token is not None}
+    if not nodes:
+        err_console.print("[bold red]error:[/] no node in this graph has a functional token (`token:`)")
+        raise typer.Exit(1)
+    try:
+        examples = read_examples(data)
+        evals = {p.name: read_examples(p) for p in eval_data or []}
+        settings = TrainSettings(lora_layers=lora_layers, rank=rank, alpha=alpha, lr=lr, token_lr=token_lr,
+                                 epochs=epochs, batch_size=batch_size, max_query_tokens=max_query_tokens,
+                                 threads=threads, seed=seed)
+        artifact, state, complete = train_router(
+            nodes=nodes, examples=examples, out=out, settings=settings, data_name=data.name,
+            time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console)
+    except (OSError, ValueError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console = Console()
+    for row in state.history:
+        scores = ", ".join(f"{k} {v:.1%}" for k, v in row.items() if k not in ("step", "seconds"))
+        console.print(f"step {row['step']} ({row['seconds']:.0f} s): {scores}")
+    if complete:
+        console.print(f"trained router written to {artifact.path} ({state.step} steps, {state.seconds / 60:.1f} min)")
+    else:
+        console.print(f"time budget reached at step {state.step}/{state.total_steps}; the router in {artifact.path} "
+                      "is usable but unfinished: run the same command again to resume from its checkpoint")
 
 
 @router_cli.command("eval")

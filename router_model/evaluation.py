@@ -6,6 +6,7 @@ Data lines are ``{"query": ..., "node": ..., "reformatted": optional}``. The MML
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -36,6 +37,11 @@ def read_examples(path: str | Path) -> list[Example]:
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{n}: not a routing example ({{\"query\", \"node\"}}): {exc}") from None
     return examples
+
+
+def held_out(question_id: str, percent: int = 10) -> bool:
+    """Whether a question falls in the held-out share: by a hash of its id, so the split is stable."""
+    return int(hashlib.sha1(question_id.encode()).hexdigest(), 16) % 100 < percent
 
 
 def convert_mmlu(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, str]]:

@@ -1,0 +1,126 @@
+"""A trained router on disk: a few MB that load onto the base GGUF, never a copy of it.
+
+``DIR/`` holds three files:
+
+- ``router.json``: the manifest: format version, the base model (package, file, SHA-256), the
+  functional tokens with their node names, the prompt settings, how it was trained and what it scored.
+- ``lora.gguf``: the LoRA in llama.cpp's adapter format (``general.type = adapter``, tensors
+  ``blk.N.<weight>.lora_a``/``lora_b``, ``adapter.lora.alpha``), loaded with ``Llama(lora_path=...)``.
+- ``functional_tokens.npy``: one float32 row per functional token, in the order of
+  ``router.json``'s ``tokens``. These are the new rows of the tied embedding matrix: a decision
+  scores the final hidden state against them.
+
+Nothing here imports torch, so serving only needs numpy and llama-cpp-python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "octogate-router/1"
+MANIFEST, LORA_FILE, TOKENS_FILE = "router.json", "lora.gguf", "functional_tokens.npy"
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class RouterArtifactError(ValueError):
+    """The directory is not a router this octogate can load; the message says which file and why."""
+
+
+@dataclass
+class RouterArtifact:
+    path: Path
+    manifest: dict[str, Any]
+    rows: np.ndarray  # (len(tokens), dim) float32
+
+    @property
+    def tokens(self) -> dict[int, str]:
+        """token index -> node name, as trained."""
+        return {int(t["token"]): str(t["node"]) for t in self.manifest["tokens"]}
+
+    @property
+    def lora_path(self) -> Path:
+        return self.path / LORA_FILE
+
+    @property
+    def max_query_tokens(self) -> int:
+        return int(self.manifest["prompt"]["max_query_tokens"])
+
+    @property
+    def base_sha256(self) -> str:
+        return str(self.manifest["base_model"]["sha256"])
+
+    def row_index(self) -> dict[int, int]:
+        """token index -> row of ``rows``."""
+        return {int(t["token"]): i for i, t in enumerate(self.manifest["tokens"])}
+
+    def check_nodes(self, wanted: dict[int, str]) -> None:
+        """Every (token, node) the graph routes to must be one this router was trained on."""
+        trained = self.tokens
+        wrong = [f"<nexa_{t}> {n!r} (trained: {trained[t]!r})" if t in trained else f"<nexa_{t}> {n!r} (not trained)"
+                 for t, n in sorted(wanted.items()) if trained.get(t) != n]
+        if wrong:
+            raise RouterArtifactError(
+                f"router at {self.path} was not trained for this graph's nodes: {', '.join(wrong)}; "
+                "retrain it with `octogate router train --config GRAPH`")
+
+
+def load_router(path: str | Path) -> RouterArtifact:
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise RouterArtifactError(f"{path} holds no trained router ({MANIFEST} is missing)") from None
+    except json.JSONDecodeError as exc:
+        raise RouterArtifactError(f"{path / MANIFEST} is not JSON: {exc}") from None
+    if manifest.get("format") != FORMAT:
+        raise RouterArtifactError(f"{path / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    for name in (LORA_FILE, TOKENS_FILE):
+        if not (path / name).is_file():
+            raise RouterArtifactError(f"{path} is incomplete: {name} is missing")
+    rows = np.load(path / TOKENS_FILE).astype(np.float32)
+    if rows.ndim != 2 or rows.shape[0] != len(manifest["tokens"]):
+        raise RouterArtifactError(f"{path / TOKENS_FILE}: shape {rows.shape} does not match {len(manifest['tokens'])} tokens")
+    return RouterArtifact(path, manifest, rows)
+
+
+def write_lora_gguf(path: Path, tensors: dict[str, np.ndarray], alpha: float) -> None:
+    """llama.cpp's LoRA adapter file. ``lora_a`` is (rank, in) and ``lora_b`` (out, rank) in numpy
+    order, which GGUF stores as ne = [in, rank] and [rank, out], the shapes llama.cpp checks."""
+    import gguf  # training extra
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(alpha))
+    for name, value in tensors.items():
+        writer.add_tensor(name, np.ascontiguousarray(value, dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def save_router(path: str | Path, *, lora: dict[str, np.ndarray], alpha: float, rows: np.ndarray,
+                tokens: dict[int, str], manifest: dict[str, Any]) -> RouterArtifact:
+    """Write the three files; ``tokens`` (token -> node) is in row order of ``rows``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    write_lora_gguf(path / LORA_FILE, lora, alpha)
+    np.save(path / TOKENS_FILE, rows.astype(np.float32))
+    manifest = {"format": FORMAT, **manifest,
+                "tokens": [{"token": t, "node": n} for t, n in tokens.items()]}
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return load_router(path)

@@ -1,0 +1,43 @@
+"""The router's prompt as token ids: one fixed prefix, then the query, then the open answer turn.
+
+Training and the in-process engine both build their inputs here, with llama.cpp's own tokenizer
+(the GGUF's vocabulary), so the router sees in service exactly the tokens it was trained on. The
+split is what makes prefix caching work: the prefix (the Octopus system prompt and the opening of
+the user turn) is identical for every query, so its keys and values are computed once; each
+decision only evaluates the query and a short suffix.
+
+The query is tokenized as plain text (``special=False``): a query that spells ``<|im_end|>`` gets
+the characters, never the control token. It is cut to ``max_query_tokens`` (the start of a query
+says what it is about; the cap bounds a decision's cost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from router_model.protocol import ROUTER_SYSTEM_PROMPT
+
+# ChatML, SmolLM2-Instruct's own template, split where the query goes.
+PREFIX = f"<|im_start|>system\n{ROUTER_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+DEFAULT_MAX_QUERY_TOKENS = 128
+
+
+class RouterPromptTokens:
+    """``tokenize(bytes, add_bos, special)`` is llama-cpp-python's ``Llama.tokenize``."""
+
+    def __init__(self, tokenize, max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS):
+        if max_query_tokens < 1:
+            raise ValueError("max_query_tokens must be at least 1")
+        self._tokenize = tokenize
+        self.max_query_tokens = max_query_tokens
+        self.prefix: list[int] = tokenize(PREFIX.encode(), False, True)
+        self.suffix: list[int] = tokenize(SUFFIX.encode(), False, True)
+
+    def query(self, text: str) -> list[int]:
+        """The ids that follow the prefix for ``text``: the (capped) query, then the suffix."""
+        ids = self._tokenize(text.encode("utf-8", "replace"), False, False)[: self.max_query_tokens]
+        return ids + self.suffix
+
+    def full(self, text: str) -> Sequence[int]:
+        return self.prefix + self.query(text)

