@@ -53,6 +53,7 @@ COPY README.md ./
 COPY gateway/ ./gateway/
 COPY adapters/ ./adapters/
 COPY router_model/ ./router_model/
+COPY function_calling/ ./function_calling/
 RUN pip wheel --no-cache-dir --no-index --find-links /wheels --wheel-dir /wheels . \
     && ls -l /wheels
 

@@ -1,0 +1,1 @@
+"""Function calling beyond the gateway's pass-through: BFCL evaluation (``octogate fc eval``)."""
