@@ -267,10 +267,18 @@ class RouterGrammar:
         token_rule = "token ::= " + " | ".join(f'"{lit}"' for lit in self._literals)
         if mode == "select":
             return f"root ::= token\n{token_rule}\n"
-        return (
-            f'root ::= token "{_OPEN}" arg "{_CLOSE}"\n'
-            f"{token_rule}\n"
-            "arg ::= char*\n"
-            f"char ::= {_RAW_RANGES} | \"\\\\\" ['\\\\nrt] | \"\\\\x\" hex | \"\\\\u202\" [89]\n"
-            f"hex ::= {_HEX_GBNF}\n"
-        )
+        return f'root ::= token "{_OPEN}" arg "{_CLOSE}"\n{token_rule}\n{_ARGUMENT_GBNF}'
+
+    def argument_gbnf(self) -> str:
+        """GBNF for what follows ``<nexa_K>('`` once the token is chosen: the argument, then ``')<nexa_end>``.
+
+        For engines that pick the token by scoring the graph's tokens directly (one step) and only
+        then generate the argument."""
+        return f'root ::= arg "{_CLOSE}"\n{_ARGUMENT_GBNF}'
+
+
+_ARGUMENT_GBNF = (
+    "arg ::= char*\n"
+    f"char ::= {_RAW_RANGES} | \"\\\\\" ['\\\\nrt] | \"\\\\x\" hex | \"\\\\u202\" [89]\n"
+    f"hex ::= {_HEX_GBNF}\n"
+)

@@ -1,0 +1,138 @@
+"""``octogate router train`` on the real base model: budgeted, resumable, and exported so llama.cpp
+computes what torch trained."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import orjson
+import pytest
+import torch
+import yaml
+
+from adapters.embedded import bundled_gguf_path
+from router_model.artifact import load_router
+from router_model.embedded_engine import EmbeddedRouterEngine
+from router_model.prompt_tokens import RouterPromptTokens
+from router_model.protocol import RouterGrammar
+from router_model.torch_llama import Llama, read_gguf
+from tests.conftest import REPO
+
+NODES = {"math": 4, "law": 8, "health": 15}
+EXAMPLES = [
+    ("What is 17 times 23?", "math"), ("Solve x^2 - 5x + 6 = 0.", "math"), ("Integrate sin(x) from 0 to pi.", "math"),
+    ("Is 221 a prime number?", "math"), ("What is the derivative of e^(2x)?", "math"), ("Simplify (a+b)^2.", "math"),
+    ("Can my landlord keep my deposit?", "law"), ("What is habeas corpus?", "law"), ("Is a verbal contract binding?", "law"),
+    ("What does a plea bargain mean?", "law"), ("How do I file a patent?", "law"), ("What is tort negligence?", "law"),
+    ("How much sleep does an adult need?", "health"), ("What causes high blood pressure?", "health"),
+    ("Is ibuprofen safe with alcohol?", "health"), ("How is the flu treated?", "health"),
+    ("What are signs of dehydration?", "health"), ("How often should I get a check-up?", "health"),
+]
+# lr far above the real recipe's, so a few steps move the LoRA enough to tell "applied" from "ignored"
+TRAIN = ["router", "train", "--lora-layers", "2", "--max-query-tokens", "24", "--batch-size", "6",
+         "--epochs", "3", "--lr", "0.02", "--token-lr", "0.02", "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    graph = tmp / "g.yaml"
+    graph.write_text(yaml.safe_dump({
+        "router": {"engine": "embedded", "path": str(tmp / "out"), "fallback": "math"},
+        "nodes": [{"name": n, "token": t, "backend": {"model": "openai/x"}} for n, t in NODES.items()]}))
+    data = tmp / "data.jsonl"
+    data.write_bytes(b"".join(orjson.dumps({"query": q, "node": n}) + b"\n" for q, n in EXAMPLES))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache")}
+    argv = [sys.executable, "-m", "gateway.cli", *TRAIN, "--config", str(graph), "--data", str(data),
+            "--out", str(tmp / "out")]
+    # A budget this small stops after the first step, with a checkpoint and a usable router.
+    first = subprocess.run([*argv, "--time-budget", "0.00001"], cwd=REPO, capture_output=True, text=True,
+                           timeout=300, env=env)
+    checkpoint_after_first = (tmp / "out" / "checkpoint.pt").exists()
+    partial = json.loads((tmp / "out" / "router.json").read_text()) if first.returncode == 0 else None
+    second = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    return tmp, graph, first, partial, checkpoint_after_first, second
+
+
+def test_a_time_budget_stops_with_a_checkpoint_and_the_same_command_resumes(trained):
+    tmp, _, first, partial, checkpoint_after_first, second = trained
+    assert first.returncode == 0, first.stderr
+    assert "time budget reached at step 1/9" in first.stdout
+    assert checkpoint_after_first and partial["training"]["complete"] is False and partial["training"]["steps"] == 1
+    assert second.returncode == 0, second.stderr
+    assert "trained router written to" in second.stdout
+    manifest = json.loads((tmp / "out" / "router.json").read_text())
+    assert manifest["training"]["complete"] is True
+    assert manifest["training"]["steps"] == 9  # 18 examples / batch 6 = 3 steps an epoch, 3 epochs: resumed, not redone
+    assert not (tmp / "out" / "checkpoint.pt").exists()
+
+
+def test_the_output_is_an_adapter_not_a_model(trained):
+    tmp = trained[0]
+    files = {p.name: p.stat().st_size for p in (tmp / "out").iterdir()}
+    assert set(files) == {"router.json", "lora.gguf", "functional_tokens.npy"}
+    assert files["lora.gguf"] < 1_000_000  # rank 16 on two blocks; the base model is ~100 MB
+    artifact = load_router(tmp / "out")
+    assert artifact.tokens == {t: n for n, t in NODES.items()}
+    assert artifact.manifest["lora"]["layers"] == [28, 29]
+
+
+def torch_scores(artifact, queries, with_lora: bool) -> np.ndarray:
+    import gguf
+
+    shape, tensors = read_gguf(bundled_gguf_path())
+    model = Llama(shape, tensors, lora_from=28, rank=16, alpha=32)
+    if with_lora:
+        reader = gguf.GGUFReader(str(artifact.lora_path))
+        model.load_lora({t.name: torch.from_numpy(np.array(t.data, dtype=np.float32)) for t in reader.tensors})
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
+    prompt = RouterPromptTokens(vocab.tokenize, artifact.max_query_tokens)
+    rows = torch.from_numpy(artifact.rows)
+    out = []
+    with torch.no_grad():
+        for q in queries:
+            x, _ = model.lower(torch.tensor([prompt.prefix + prompt.query(q)]))
+            h, _ = model.forward_from(x)
+            out.append((h[0, -1] @ rows.t()).numpy())
+    return np.stack(out)
+
+
+def test_llama_cpp_computes_what_torch_trained(trained):
+    """The exported LoRA is applied by llama.cpp (names, shapes and scale right): its scores match
+    torch's with the LoRA, and not torch's without it."""
+    tmp = trained[0]
+    artifact = load_router(tmp / "out")
+    queries = [q for q, _ in EXAMPLES[::3]]
+    grammar = RouterGrammar([(t, n) for n, t in NODES.items()])
+    engine = EmbeddedRouterEngine(grammar, router_path=tmp / "out", n_threads=2)
+
+    async def scores():
+        await engine.start()
+        try:
+            return np.array([[engine.scores(q)[t] for t in sorted(artifact.tokens)] for q in queries])
+        finally:
+            await engine.aclose()
+
+    served = asyncio.run(scores())
+    with_lora = torch_scores(artifact, queries, with_lora=True)
+    without = torch_scores(artifact, queries, with_lora=False)
+    err_with = np.abs(served - with_lora).max()
+    err_without = np.abs(served - without).max()
+    assert err_with < 0.1 * err_without, (err_with, err_without)
+    assert (served.argmax(1) == with_lora.argmax(1)).all()
+
+
+def test_data_naming_an_unknown_node_is_an_error(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"query": "hi", "node": "astrology"}\n')
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "train", "--data", str(data),
+                             "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "astrology" in result.stderr and "Traceback" not in result.stderr
