@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
+from router_model.evaluation import read_jsonl
 
 _TYPES = {"dict": "object", "float": "number", "int": "integer", "str": "string", "bool": "boolean",
           "list": "array", "tuple": "array"}
@@ -51,17 +51,8 @@ class Case:
 
 
 def read_cases(path: str | Path) -> list[Case]:
-    cases = []
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = orjson.loads(line)
-                cases.append(Case(str(row["id"]), row["messages"], row["functions"], row.get("gold") or []))
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{n}: not a BFCL case: {exc}") from None
-    return cases
+    return read_jsonl(path, lambda row: Case(str(row["id"]), row["messages"], row["functions"], row.get("gold") or []),
+                      "a BFCL case")
 
 
 def tool_name(bfcl_name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -17,6 +17,12 @@ from gateway.metrics import prepare_multiprocess_dir
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="An OpenAI-compatible gateway over a graph of specialist models.")
 err_console = Console(stderr=True)
+
+
+def _fail(problem: object) -> NoReturn:
+    """Print a user error (a bad file, option or input) without a traceback, and exit 1."""
+    err_console.print(f"[bold red]error:[/] {problem}", highlight=False)
+    raise typer.Exit(1) from None
 
 
 def _load_or_exit(path: Path) -> GraphConfig:
@@ -97,8 +103,7 @@ def sglang_command(
     try:
         argv = sglang_launch_command(model_path, port=port, host=host, grammar_backend=grammar_backend)
     except ValueError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        _fail(exc)
     print(shlex.join(argv))
 
 
@@ -155,15 +160,13 @@ def train_command(
     try:
         from router_model.training import TrainSettings, train_router
     except ImportError as exc:
-        err_console.print(f"[bold red]error:[/] training needs the train extra (pip install -e '.[train]'): {exc}")
-        raise typer.Exit(1) from None
+        _fail(f"training needs the train extra (pip install -e '.[train]'): {exc}")
     from router_model.evaluation import read_examples
 
     graph = _load_or_exit((config or default_config_path()).resolve())
     nodes = {n.token: n.name for n in graph.nodes if n.token is not None}
     if not nodes:
-        err_console.print("[bold red]error:[/] no node in this graph has a functional token (`token:`)")
-        raise typer.Exit(1)
+        _fail("no node in this graph has a functional token (`token:`)")
     try:
         examples = read_examples(data)
         evals = {p.name: read_examples(p) for p in eval_data or []}
@@ -174,8 +177,7 @@ def train_command(
             nodes=nodes, examples=examples, out=out, settings=settings, data_name=data.name,
             time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console)
     except (OSError, ValueError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        _fail(exc)
     console = Console()
     for row in state.history:
         scores = ", ".join(f"{k} {v:.1%}" for k, v in row.items() if k not in ("step", "seconds"))
@@ -202,13 +204,11 @@ def eval_command(
 
     graph = _load_or_exit((config or default_config_path()).resolve())
     if graph.router is None:
-        err_console.print("[bold red]error:[/] this graph has no router: block to evaluate")
-        raise typer.Exit(1)
+        _fail("this graph has no router: block to evaluate")
     try:
         examples = read_examples(data)[:limit]
     except (OSError, ValueError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        _fail(exc)
     point = RoutingPoint.for_graph(graph)
 
     async def run():
@@ -267,13 +267,11 @@ def fc_eval_command(
     modes = mode or list(MODES)
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        err_console.print(f"[bold red]error:[/] unknown mode {', '.join(unknown)} (modes: {', '.join(MODES)})")
-        raise typer.Exit(1)
+        _fail(f"unknown mode {', '.join(unknown)} (modes: {', '.join(MODES)})")
     try:
         cases = read_cases(data)[:limit]
     except (OSError, ValueError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        _fail(exc)
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=300)
     with Progress(console=err_console) as progress:
         task = progress.add_task(f"{len(cases)} cases", total=len(cases))

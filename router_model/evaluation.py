@@ -12,9 +12,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -24,19 +26,24 @@ class Example:
     reformatted: str | None = None
 
 
-def read_examples(path: str | Path) -> list[Example]:
-    """Routing examples from a JSONL file; a line that is not one names its line number."""
-    examples = []
+def read_jsonl(path: str | Path, parse: Callable[[dict[str, Any]], T], what: str) -> list[T]:
+    """Each non-blank line of a JSONL file through ``parse``; a line that is not ``what`` names its number."""
+    out = []
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = orjson.loads(line)
-                examples.append(Example(str(row["query"]), str(row["node"]), row.get("reformatted")))
+                out.append(parse(orjson.loads(line)))
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{n}: not a routing example ({{\"query\", \"node\"}}): {exc}") from None
-    return examples
+                raise ValueError(f"{path}:{n}: not {what}: {exc}") from None
+    return out
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """Routing examples from a JSONL file; a line that is not one names its line number."""
+    return read_jsonl(path, lambda row: Example(str(row["query"]), str(row["node"]), row.get("reformatted")),
+                      'a routing example ({"query", "node"})')
 
 
 def held_out(question_id: str, percent: int = 10) -> bool:
