@@ -36,7 +36,7 @@ from adapters.json_schema import normalise, validation_error, value_grammar
 from adapters.tool_calls import (CALL_THRESHOLD, LEXICAL_WEIGHT, ToolPlan, baseline_messages, call_grammar,
                                  call_preference, flatten_messages, generate_calls,
                                  loose_calls, plan_tools, shared_words, stream_deltas, text_of,
-                                 tool_call_objects,
+                                 TokenCounter, tool_call_objects,
                                  with_tools)
 from gateway.graph import BackendConfig
 
@@ -259,7 +259,7 @@ class EmbeddedBackend(Backend):
                 for index in range(n):
                     if cancel.is_set():
                         return
-                    counter = _TokenCounter()
+                    counter = TokenCounter()
                     choice_params = params
                     if index and "seed" in params:  # n choices from one seed must still differ
                         choice_params = {**params, "seed": params["seed"] + index}
@@ -446,14 +446,3 @@ def _output_error(prep: _Prepared, problem: str) -> UpstreamError:
 
 def _or_default(value: Any, default: float) -> Any:
     return default if value is None else value
-
-
-class _TokenCounter:
-    """A logits processor that only counts: llama.cpp calls it once per sampled token."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        self.count += 1
-        return scores

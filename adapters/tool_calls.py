@@ -296,7 +296,9 @@ def stream_deltas(tool_calls: list[dict[str, Any]], piece: int = 12) -> list[dic
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-class _Counter:
+class TokenCounter:
+    """A logits processor that only counts: llama.cpp calls it once per sampled token."""
+
     def __init__(self) -> None:
         self.count = 0
 
@@ -310,7 +312,7 @@ def run_completion(llm: Any, tokens: list[int], params: dict[str, Any],
     """One completion on the model's thread: (text, finish_reason, tokens generated)."""
     from llama_cpp import LogitsProcessorList
 
-    counter = _Counter()
+    counter = TokenCounter()
     text, finish = [], "stop"
     for out in llm.create_completion(tokens, stream=True, logits_processor=LogitsProcessorList([counter]), **params):
         if cancel.is_set():

@@ -35,7 +35,6 @@ from router_model.protocol import (
     RouterDecision,
     RouterGrammar,
     RouterOutputError,
-    format_router_output,
     functional_token,
     parse_router_output,
 )
@@ -175,7 +174,3 @@ class EmbeddedRouterEngine:
         except Exception as exc:  # a llama.cpp failure is a routing failure: the gateway falls back
             raise RouterEngineError(f"embedded router failed: {type(exc).__name__}: {exc}") from None
 
-
-def format_decision(decision: RouterDecision) -> str:
-    """The Octopus answer text for a decision (what SGLang would have returned)."""
-    return format_router_output(decision.token, decision.argument)

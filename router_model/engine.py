@@ -1,7 +1,7 @@
 """What the gateway needs from a router, whatever runs the model: one decision per query, or an error.
 
-The SGLang client (GPU, ``sglang_engine.py``) implements this today; an in-process CPU engine can
-implement the same three methods, so the request path does not care where the router runs.
+Two engines implement it: the in-process CPU engine (``embedded_engine.py``, llama.cpp) and the
+SGLang client (GPU, ``sglang_engine.py``), so the request path does not care where the router runs.
 """
 
 from __future__ import annotations

@@ -13,8 +13,6 @@ says what it is about; the cap bounds a decision's cost).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from router_model.protocol import ROUTER_SYSTEM_PROMPT
 
 # ChatML, SmolLM2-Instruct's own template, split where the query goes.
@@ -38,6 +36,3 @@ class RouterPromptTokens:
         """The ids that follow the prefix for ``text``: the (capped) query, then the suffix."""
         ids = self._tokenize(text.encode("utf-8", "replace"), False, False)[: self.max_query_tokens]
         return ids + self.suffix
-
-    def full(self, text: str) -> Sequence[int]:
-        return self.prefix + self.query(text)

@@ -245,9 +245,9 @@ class RouterTrainer:
                 sched.step()
                 state.step += 1
                 state.seconds = time.monotonic() - started
-                state.losses.append(round(float(loss), 4))
+                state.losses.append(round(loss.item(), 4))
                 if on_step:
-                    on_step(state, float(loss))
+                    on_step(state, state.losses[-1])
                 end_of_epoch = state.step % steps_per_epoch == 0 or state.step == state.total_steps
                 if eval_sets and end_of_epoch:
                     state.history.append({"step": state.step, "seconds": round(state.seconds, 1),
