@@ -22,15 +22,20 @@ DEFAULT_MAX_QUERY_TOKENS = 128
 
 
 class RouterPromptTokens:
-    """``tokenize(bytes, add_bos, special)`` is llama-cpp-python's ``Llama.tokenize``."""
+    """``tokenize(bytes, add_bos, special)`` is llama-cpp-python's ``Llama.tokenize``.
 
-    def __init__(self, tokenize, max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS):
+    ``prefix_text`` and ``suffix_text`` default to the graph router's; a toolset's tokens are
+    trained and served under a prompt of their own (``function_calling/toolsets.py``)."""
+
+    def __init__(self, tokenize, max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS, *,
+                 prefix_text: str = PREFIX, suffix_text: str = SUFFIX):
         if max_query_tokens < 1:
             raise ValueError("max_query_tokens must be at least 1")
         self._tokenize = tokenize
         self.max_query_tokens = max_query_tokens
-        self.prefix: list[int] = tokenize(PREFIX.encode(), False, True)
-        self.suffix: list[int] = tokenize(SUFFIX.encode(), False, True)
+        self.prefix_text, self.suffix_text = prefix_text, suffix_text
+        self.prefix: list[int] = tokenize(prefix_text.encode(), False, True)
+        self.suffix: list[int] = tokenize(suffix_text.encode(), False, True)
 
     def query(self, text: str) -> list[int]:
         """The ids that follow the prefix for ``text``: the (capped) query, then the suffix."""

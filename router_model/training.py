@@ -80,7 +80,8 @@ def data_digest(examples: Sequence[Example]) -> str:
 class RouterTrainer:
     """Trains functional-token rows plus a LoRA for ``nodes`` (token index -> node name)."""
 
-    def __init__(self, base_gguf: str | Path, nodes: dict[int, str], settings: TrainSettings, tokenize):
+    def __init__(self, base_gguf: str | Path, nodes: dict[int, str], settings: TrainSettings, tokenize, *,
+                 prefix_text: str = PREFIX):
         self.settings = settings
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -92,7 +93,7 @@ class RouterTrainer:
                            rank=settings.rank, alpha=settings.alpha)
         self.tokens = sorted(nodes)  # row i of ``rows`` is token self.tokens[i]
         self.node_of = {nodes[t]: i for i, t in enumerate(self.tokens)}
-        self.prompt = RouterPromptTokens(tokenize, settings.max_query_tokens)
+        self.prompt = RouterPromptTokens(tokenize, settings.max_query_tokens, prefix_text=prefix_text)
         self.rows = torch.nn.Parameter(self._initial_rows(nodes, tokenize, tensors["token_embd.weight"]))
         self._prefix_state: tuple[torch.Tensor, list] | None = None
 
@@ -282,25 +283,29 @@ def train_router(
     eval_sets: dict[str, Sequence[Example]] | None = None,
     base_gguf: Path | None = None,
     console=None,
+    prefix_text: str = PREFIX,
+    labels: str = "nodes",
 ):
-    """What ``octogate router train`` does; returns (artifact, state, complete)."""
+    """What ``octogate router train`` does; returns (artifact, state, complete).
+
+    ``nodes`` maps token index to label: a graph's node names, or a toolset's function names
+    (``labels`` names them in errors); ``prefix_text`` is the prompt the tokens are trained under."""
     import llama_cpp
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from adapters.embedded import GGUF_FILE, GGUF_PACKAGE, bundled_gguf_path
     from router_model.artifact import save_router, sha256_of
-    from router_model.prompt_tokens import PREFIX, SUFFIX
 
     console = console or Console(stderr=True)
     known = set(nodes.values())
     unknown = sorted({ex.node for ex in examples} - known)
     if unknown:
-        raise ValueError(f"the data names nodes this graph has no token for: {', '.join(unknown)}")
+        raise ValueError(f"the data names {labels} that have no token here: {', '.join(unknown)}")
     base = base_gguf or bundled_gguf_path()
     base_sha = sha256_of(base)
     vocab = llama_cpp.Llama(model_path=str(base), vocab_only=True, verbose=False)
-    trainer = RouterTrainer(base, nodes, settings, vocab.tokenize)
+    trainer = RouterTrainer(base, nodes, settings, vocab.tokenize, prefix_text=prefix_text)
     out.mkdir(parents=True, exist_ok=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[note]}"))
@@ -330,7 +335,8 @@ def train_router(
     rows = trainer.rows.detach().numpy()
     manifest = {
         "base_model": {"package": GGUF_PACKAGE.replace("_", "-"), "file": GGUF_FILE, "sha256": base_sha},
-        "prompt": {"prefix": PREFIX, "suffix": SUFFIX, "max_query_tokens": settings.max_query_tokens},
+        "prompt": {"prefix": trainer.prompt.prefix_text, "suffix": trainer.prompt.suffix_text,
+                   "max_query_tokens": settings.max_query_tokens},
         "lora": {"layers": list(range(trainer.model.lora_from, trainer.shape.n_layers)), "rank": settings.rank,
                  "alpha": settings.alpha},
         "training": {"data": data_name, "examples": len(examples), "data_sha256_16": data_digest(examples),
