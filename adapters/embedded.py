@@ -132,11 +132,13 @@ def shared_model(cfg: BackendConfig) -> EmbeddedModel:
 
 
 class EmbeddedBackend(Backend):
-    def __init__(self, cfg: BackendConfig, label: str):
+    def __init__(self, cfg: BackendConfig, label: str, toolsets: Any = None):
+        """``toolsets``: the graph's ``function_calling.toolsets.ToolsetRegistry``, if it registers any."""
         self.cfg = cfg
         self.label = label
         self.model_name = cfg.upstream_model
         self.model = shared_model(cfg)
+        self.toolsets = toolsets
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self.model.executor, self.model.load)
@@ -153,8 +155,16 @@ class EmbeddedBackend(Backend):
             raise UpstreamError(400, "The embedded model does not return logprobs.", param="logprobs",
                                 code="unsupported_parameter")
         flat = flatten_messages(payload["messages"])
-        if plan is not None:
-            flat = with_tools(flat, plan)
+        mode = _tool_calls_mode(payload)
+        toolset = None
+        if plan is not None and mode in ("auto", "toolset") and plan.mode != "named" and self.toolsets:
+            toolset = self.toolsets.match(plan)
+        if mode == "toolset" and toolset is None:
+            raise UpstreamError(400, "'octogate.tool_calls: toolset' needs tools that all belong to one of the graph's "
+                                "registered toolsets (same names and parameters) and tool_choice auto or required.",
+                                param="octogate.tool_calls", code="invalid_value")
+        if plan is not None and toolset is None:
+            flat = with_tools(flat, plan)  # a toolset's prompt names no function: that is its context saving
         tokens, template_stop = self.model.prompt_tokens(flat)
         room = self.model.n_ctx - len(tokens)
         if room <= 0:
@@ -173,7 +183,7 @@ class EmbeddedBackend(Backend):
         }
         if payload.get("seed") is not None:
             params["seed"] = payload["seed"]
-        prep = _Prepared(tokens, params, plan, unconstrained=_unconstrained(payload))
+        prep = _Prepared(tokens, params, plan, unconstrained=mode == "unconstrained", prompt_count=len(tokens))
         if prep.unconstrained and (plan is None or payload.get("stream")):
             raise UpstreamError(400, "'octogate.tool_calls: unconstrained' needs tools and a non-streamed request.",
                                 param="octogate.tool_calls", code="invalid_value")
@@ -186,10 +196,14 @@ class EmbeddedBackend(Backend):
             except Exception as exc:
                 raise UpstreamError(400, f"Unsupported tool parameters schema: {exc}", param="tools",
                                     code="invalid_schema") from None
-            if plan.mode == "auto" and (payload["messages"][-1].get("role") not in ("tool", "function")):
+            after_tool = payload["messages"][-1].get("role") in ("tool", "function")
+            users = [m for m in payload["messages"] if m.get("role") == "user"]
+            last_user = text_of(users[-1].get("content"), "messages") if users else ""
+            if toolset is not None and not (plan.mode == "auto" and after_tool):
+                prep.toolset, prep.flat, prep.query = toolset, flat, last_user
+            elif toolset is None and plan.mode == "auto" and not after_tool:
                 prep.baseline = self.model.prompt_tokens(baseline_messages(flat))[0]
-                users = [m for m in payload["messages"] if m.get("role") == "user"]
-                prep.shared_words = shared_words(plan, text_of(users[-1].get("content"), "messages") if users else "")
+                prep.shared_words = shared_words(plan, last_user)
         fmt = payload.get("response_format") or {}
         if fmt.get("type") == "json_object":
             params["grammar"] = value_grammar(None)
@@ -220,6 +234,8 @@ class EmbeddedBackend(Backend):
     async def _tool_calls(self, prep: _Prepared) -> tuple[list[dict[str, Any]], int] | None:
         """The calls the model makes (OpenAI tool_call objects, tokens generated), or None to answer in text."""
         plan = prep.plan
+        if prep.toolset is not None:
+            return await self._toolset_calls(prep)
         if plan is None or prep.unconstrained or (plan.mode == "auto" and prep.baseline is None):
             return None
         llm = self.model.llm
@@ -231,6 +247,31 @@ class EmbeddedBackend(Backend):
                 if preference < CALL_THRESHOLD:
                     return None
             calls, generated = generate_calls(llm, prep.tokens, prep.call_params, plan, cancel)
+            return tool_call_objects(calls), generated
+
+        return await self._on_model_thread(work)
+
+    async def _toolset_calls(self, prep: _Prepared) -> tuple[list[dict[str, Any]], int] | None:
+        """A registered toolset's path: one trained token picks the function, then its arguments are
+        written with only that function in the prompt (``function_calling/toolsets.py``)."""
+        plan = prep.plan
+        name, read = await prep.toolset.choose(prep.query, [f.name for f in plan.functions],
+                                               allow_none=plan.mode == "auto")
+        prep.prompt_count += read
+        if name is None:
+            return None
+        chosen = ToolPlan([plan.by_name()[name]], "required", plan.parallel)
+        llm = self.model.llm
+
+        def work(cancel: threading.Event) -> tuple[list[dict[str, Any]], int]:
+            tokens, _ = self.model.prompt_tokens(with_tools(prep.flat, chosen))
+            prep.prompt_count += len(tokens) - len(prep.tokens)  # this prompt instead of the one without tools
+            room = self.model.n_ctx - len(tokens)
+            if room <= 0:
+                raise UpstreamError(400, f"This model's maximum context length is {self.model.n_ctx} tokens; the "
+                                    f"messages take {len(tokens)}.", param="messages", code="context_length_exceeded")
+            params = {**prep.call_params, "max_tokens": min(prep.call_params["max_tokens"], room)}
+            calls, generated = generate_calls(llm, tokens, params, chosen, cancel)
             return tool_call_objects(calls), generated
 
         return await self._on_model_thread(work)
@@ -305,8 +346,8 @@ class EmbeddedBackend(Backend):
                 **base,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": tool_calls},
                              "logprobs": None, "finish_reason": "tool_calls"}],
-                "usage": {"prompt_tokens": len(tokens), "completion_tokens": generated,
-                          "total_tokens": len(tokens) + generated},
+                "usage": {"prompt_tokens": prep.prompt_count, "completion_tokens": generated,
+                          "total_tokens": prep.prompt_count + generated},
             })
         completion_tokens = 0
         for attempt in range(_OUTPUT_ATTEMPTS):
@@ -333,8 +374,8 @@ class EmbeddedBackend(Backend):
                 **base,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": loose},
                              "logprobs": None, "finish_reason": "tool_calls"}],
-                "usage": {"prompt_tokens": len(tokens), "completion_tokens": completion_tokens,
-                          "total_tokens": len(tokens) + completion_tokens},
+                "usage": {"prompt_tokens": prep.prompt_count, "completion_tokens": completion_tokens,
+                          "total_tokens": prep.prompt_count + completion_tokens},
             })
         body = {
             **base,
@@ -343,8 +384,8 @@ class EmbeddedBackend(Backend):
                  "finish_reason": finish[i]}
                 for i in range(n)
             ],
-            "usage": {"prompt_tokens": len(tokens), "completion_tokens": completion_tokens,
-                      "total_tokens": len(tokens) + completion_tokens},
+            "usage": {"prompt_tokens": prep.prompt_count, "completion_tokens": completion_tokens,
+                      "total_tokens": prep.prompt_count + completion_tokens},
         }
         return orjson.dumps(body)
 
@@ -361,8 +402,8 @@ class EmbeddedBackend(Backend):
             return orjson.dumps({**base, "choices": choices, **extra})
 
         def usage(completion_tokens: int) -> bytes:
-            return chunk([], usage={"prompt_tokens": len(tokens), "completion_tokens": completion_tokens,
-                                    "total_tokens": len(tokens) + completion_tokens})
+            return chunk([], usage={"prompt_tokens": prep.prompt_count, "completion_tokens": completion_tokens,
+                                    "total_tokens": prep.prompt_count + completion_tokens})
 
         # Calls are generated and validated in full before the first chunk: a refusal is still an HTTP error,
         # and no client ever sees arguments that do not match their schema.
@@ -421,18 +462,29 @@ class _Prepared:
     shared_words: int = 0  # tool_choice auto: words the last user message shares with a function
     output_schema: dict[str, Any] | None = None  # response_format: what every answer must validate against
     unconstrained: bool = False  # "octogate": {"tool_calls": "unconstrained"}: the baseline fc eval compares with
+    prompt_count: int = 0  # prompt tokens the model read for this request (usage.prompt_tokens)
+    toolset: Any = None  # the registered toolset whose trained token chooses the function
+    flat: list[dict[str, str]] = field(default_factory=list)  # toolset path: the turns, without any tool listing
+    query: str = ""  # toolset path: the last user message
 
 
-def _unconstrained(payload: dict[str, Any]) -> bool:
-    """octogate's request extension ``"octogate": {"tool_calls": "constrained" | "unconstrained"}``."""
+TOOL_CALL_MODES = ("auto", "toolset", "constrained", "unconstrained")
+
+
+def _tool_calls_mode(payload: dict[str, Any]) -> str:
+    """octogate's request extension ``"octogate": {"tool_calls": MODE}``: ``auto`` (the default: a
+    registered toolset when the tools match one, else constrained), ``toolset`` (a toolset or a 400),
+    ``constrained`` (every function in the prompt, grammar-constrained) or ``unconstrained`` (the
+    same prompt without grammars: the baseline ``fc eval`` compares with)."""
     ext = payload.get("octogate")
     if ext is None:
-        return False
-    mode = ext.get("tool_calls", "constrained") if isinstance(ext, dict) else None
-    if mode not in ("constrained", "unconstrained"):
-        raise UpstreamError(400, "'octogate' must be an object whose 'tool_calls' is 'constrained' or 'unconstrained'.",
-                            param="octogate.tool_calls", code="invalid_value")
-    return mode == "unconstrained"
+        return "auto"
+    mode = ext.get("tool_calls", "auto") if isinstance(ext, dict) else None
+    if mode not in TOOL_CALL_MODES:
+        raise UpstreamError(400, "'octogate' must be an object whose 'tool_calls' is one of "
+                            f"{', '.join(repr(m) for m in TOOL_CALL_MODES)}.", param="octogate.tool_calls",
+                            code="invalid_value")
+    return mode
 
 
 def _output_error(prep: _Prepared, problem: str) -> UpstreamError:

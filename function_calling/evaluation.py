@@ -1,12 +1,13 @@
 """``octogate fc eval``: BFCL cases through a live gateway with the ``openai`` SDK, constrained and not.
 
 Each case is one chat completion with the case's functions as ``tools`` (``tool_choice: auto``),
-sent twice: as is (octogate constrains the call with grammars) and with octogate's request
-extension ``"octogate": {"tool_calls": "unconstrained"}``, which makes the same model answer the
-same prompt freely, the call then read back from its text as a client of an unconstrained model
-would. The report gives, for each: function-selection accuracy, argument accuracy under BFCL's
+sent once per mode, chosen with octogate's request extension ``"octogate": {"tool_calls": MODE}``:
+``constrained`` (every function in the prompt, the call constrained with grammars),
+``unconstrained`` (the same model answers the same prompt freely, the call then read back from its
+text as a client of an unconstrained model would) and ``toolset`` (a registered toolset's trained
+token picks the function with no description in the prompt). The report gives, for each: function-selection accuracy, argument accuracy under BFCL's
 rules (``function_calling/bfcl.py``), the share of returned calls whose arguments parse as JSON and
-validate against the function's schema, and latency.
+validate against the function's schema, prompt tokens read (``usage``) and latency.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any
 
 from function_calling.bfcl import Case, score, to_openai_tools
 
-MODES = ("constrained", "unconstrained")
+#: each is the request extension ``"octogate": {"tool_calls": MODE}``; "toolset" needs the cases
+#: functions to be a toolset the gateway's graph registers (``function_calling/toolsets.py``)
+MODES = ("toolset", "constrained", "unconstrained")
+DEFAULT_MODES = ("constrained", "unconstrained")
 
 
 @dataclass
@@ -32,6 +36,7 @@ class ModeReport:
     calls: int = 0  # tool calls returned
     valid_calls: int = 0  # ... whose arguments parse and validate
     errors: int = 0  # requests that failed (HTTP error)
+    prompt_tokens: int = 0  # usage.prompt_tokens, summed over answered requests
     latencies: list[float] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (case id, what was wrong)
 
@@ -70,7 +75,7 @@ def run_case(client, model: str, case: Case, mode: str, max_tokens: int, report:
 
     tools = to_openai_tools(case.functions)
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
-    extra = {"octogate": {"tool_calls": "unconstrained"}} if mode == "unconstrained" else None
+    extra = {"octogate": {"tool_calls": mode}}
     started = time.perf_counter()
     try:
         answer = client.chat.completions.create(model=model, messages=case.messages, tools=tools, tool_choice="auto",
@@ -82,6 +87,7 @@ def run_case(client, model: str, case: Case, mode: str, max_tokens: int, report:
         return
     report.latencies.append(time.perf_counter() - started)
     report.total += 1
+    report.prompt_tokens += answer.usage.prompt_tokens if answer.usage else 0
     calls = answer.choices[0].message.tool_calls or []
     name, arguments = None, None
     for i, call in enumerate(calls):
@@ -98,7 +104,7 @@ def run_case(client, model: str, case: Case, mode: str, max_tokens: int, report:
         report.problems.append((case.id, result.problem))
 
 
-def evaluate(client, model: str, cases: Sequence[Case], modes: Sequence[str] = MODES, max_tokens: int = 256,
+def evaluate(client, model: str, cases: Sequence[Case], modes: Sequence[str] = DEFAULT_MODES, max_tokens: int = 256,
              progress: Callable[[], None] | None = None) -> dict[str, ModeReport]:
     reports = {m: ModeReport(m) for m in modes}
     for case in cases:

@@ -26,9 +26,13 @@ def _fail(problem: object) -> NoReturn:
 
 
 def _load_or_exit(path: Path) -> GraphConfig:
+    from function_calling.toolsets import ToolsetError, ToolsetRegistry
+
     try:
-        return load_graph(path)
-    except ConfigError as exc:
+        graph = load_graph(path)
+        ToolsetRegistry.from_graph(graph)  # each toolset's tool schemas, checked as a request's would be
+        return graph
+    except (ConfigError, ToolsetError) as exc:
         err_console.print(f"[bold red]invalid config[/]\n{exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
@@ -164,18 +168,32 @@ def train_command(
     from router_model.evaluation import read_examples
 
     graph = _load_or_exit((config or default_config_path()).resolve())
-    nodes = {n.token: n.name for n in graph.nodes if n.token is not None}
-    if not nodes:
-        _fail("no node in this graph has a functional token (`token:`)")
+    prompt: dict[str, str] = {}
+    if toolset is not None:
+        from function_calling.toolsets import TOOLSET_PREFIX, Toolset, ToolsetError
+
+        if toolset not in graph.toolsets:
+            _fail(f"this graph registers no toolset {toolset!r} (toolsets: {', '.join(graph.toolsets) or 'none'})")
+        ts = graph.toolsets[toolset]
+        try:
+            registered = Toolset.from_config(toolset, ts.tools, ts.path, ts.threads)
+        except ToolsetError as exc:
+            _fail(exc)
+        nodes, read, prompt = registered.labels(), registered.read_examples, {"prefix_text": TOOLSET_PREFIX,
+                                                                              "labels": "functions"}
+    else:
+        nodes, read = {n.token: n.name for n in graph.nodes if n.token is not None}, read_examples
+        if not nodes:
+            _fail("no node in this graph has a functional token (`token:`)")
     try:
-        examples = read_examples(data)
-        evals = {p.name: read_examples(p) for p in eval_data or []}
+        examples = read(data)
+        evals = {p.name: read(p) for p in eval_data or []}
         settings = TrainSettings(lora_layers=lora_layers, rank=rank, alpha=alpha, lr=lr, token_lr=token_lr,
                                  epochs=epochs, batch_size=batch_size, max_query_tokens=max_query_tokens,
                                  threads=threads, seed=seed)
         artifact, state, complete = train_router(
             nodes=nodes, examples=examples, out=out, settings=settings, data_name=data.name,
-            time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console)
+            time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console, **prompt)
     except (OSError, ValueError) as exc:
         _fail(exc)
     console = Console()
@@ -254,7 +272,7 @@ def fc_eval_command(
     api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", help="bearer key, if the gateway wants one")] = "unused",
     limit: Annotated[Optional[int], typer.Option(help="the first N cases only")] = None,
     mode: Annotated[Optional[list[str]], typer.Option(
-        help="constrained and/or unconstrained (default: both, for comparison)")] = None,
+        help="toolset, constrained and/or unconstrained (default: constrained and unconstrained)")] = None,
     max_tokens: Annotated[int, typer.Option(min=1)] = 256,
 ) -> None:
     """Selection accuracy, BFCL argument accuracy, valid-argument rate and latency, with and without constraints."""
@@ -262,9 +280,9 @@ def fc_eval_command(
     from rich.progress import Progress
 
     from function_calling.bfcl import read_cases
-    from function_calling.evaluation import MODES, evaluate
+    from function_calling.evaluation import DEFAULT_MODES, MODES, evaluate
 
-    modes = mode or list(MODES)
+    modes = mode or list(DEFAULT_MODES)
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         _fail(f"unknown mode {', '.join(unknown)} (modes: {', '.join(MODES)})")
@@ -285,6 +303,7 @@ def fc_eval_command(
         ("made a call", lambda r: f"{r.rate(r.called):.1%}"),
         ("calls with valid arguments", lambda r: f"{r.rate(r.valid_calls, r.calls):.1%} of {r.calls}"),
         ("failed requests", lambda r: str(r.errors)),
+        ("prompt tokens (mean)", lambda r: f"{r.prompt_tokens / max(1, r.total - r.errors):.0f}"),
         ("latency p50 / p95", lambda r: f"{r.percentile(50) * 1000:.0f} / {r.percentile(95) * 1000:.0f} ms"),
     ]
     for label, cell in rows:

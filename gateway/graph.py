@@ -22,7 +22,9 @@ the problem, so that a typo in a 17-node file is found in one read.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 OPENAI_COMPATIBLE_PROVIDERS = frozenset({"openai", "hosted_vllm", "openai_like", "sglang", "lm_studio"})
 EMBEDDED_PROVIDER = "embedded"
 DEFAULT_OPENAI_API_BASE = "https://api.openai.com/v1"
+TOOLSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 class ConfigError(Exception):
@@ -201,10 +204,25 @@ class RouterConfig(RouterEngineConfig):
     cache: RouteCacheConfig | None = None
 
 
+class ToolsetConfig(_Strict):
+    """A registered toolset (Octopus v2): functions whose choice is one trained functional token.
+
+    A request whose ``tools`` are all in a registered toolset (same names and parameters) is
+    answered by the embedded model without the functions' descriptions in its prompt."""
+
+    tools: list[dict[str, Any]] = Field(
+        min_length=1, description="OpenAI tools ({type: function, function: {...}}), inline or a JSON file "
+        "(a path relative to the graph file)")
+    path: str | None = Field(default=None, description="trained tokens from `octogate router train --toolset NAME` "
+                             "(default: the shipped router_model/trained/toolset-NAME); relative to the graph file")
+    threads: int | None = Field(default=None, ge=1, description="llama.cpp threads (default: all cores, up to 4)")
+
+
 class GraphConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     history: HistoryConfig | None = None
     router: RouterConfig | None = None
+    toolsets: dict[str, ToolsetConfig] = Field(default_factory=dict)
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     nodes: list[NodeConfig] = Field(min_length=1)
 
@@ -244,6 +262,9 @@ class GraphConfig(_Strict):
                 raise _PathError(("router", "fallback"), f"unknown node '{self.router.fallback}'")
             if not tokens:
                 raise _PathError(("router",), "no node has a token: the router has nothing to choose from")
+        for name in self.toolsets:
+            if not TOOLSET_NAME.match(name):
+                raise _PathError(("toolsets", name), f"toolset names match {TOOLSET_NAME.pattern}")
         return self
 
     def backend_of(self, node: NodeConfig) -> BackendConfig:
@@ -330,4 +351,23 @@ def load_graph(path: str | os.PathLike[str]) -> GraphConfig:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+    _read_toolset_files(data, p)
     return parse_graph(data, str(p))
+
+
+def _read_toolset_files(data: Any, source: Path) -> None:
+    """Toolset ``tools`` given as a JSON file are read in place; relative paths are the graph file's."""
+    toolsets = data.get("toolsets") if isinstance(data, dict) else None
+    if not isinstance(toolsets, dict):
+        return
+    for name, ts in toolsets.items():
+        if not isinstance(ts, dict):
+            continue
+        if isinstance(ts.get("tools"), str):
+            file = source.parent / ts["tools"]
+            try:
+                ts["tools"] = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{source}: toolsets.{name}.tools: cannot read {file}: {exc}") from None
+        if isinstance(ts.get("path"), str):
+            ts["path"] = str(source.parent / ts["path"])

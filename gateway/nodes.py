@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from adapters import Backend, UpstreamError, build_backend
+from function_calling.toolsets import ToolsetRegistry
 from gateway.errors import OpenAIError
 from gateway.graph import DEFAULT_OPENAI_API_BASE, BackendConfig, GraphConfig, NodeConfig, resolve_secret
 
@@ -60,13 +61,14 @@ class NodeTable:
 
     def __init__(self, graph: GraphConfig):
         self.graph = graph
+        self.toolsets = ToolsetRegistry.from_graph(graph)
         backends: dict[str, Backend] = {}
         self.nodes: dict[str, Node] = {}
         for cfg in graph.nodes:
             key = graph.backend_key(cfg)
             backend_cfg = graph.backend_of(cfg)
             if key not in backends:
-                backends[key] = build_backend(backend_cfg, label=key)
+                backends[key] = build_backend(backend_cfg, label=key, toolsets=self.toolsets or None)
             self.nodes[cfg.name] = _node(cfg, backend_cfg, backends[key])
         self.backends = backends
 
@@ -80,10 +82,11 @@ class NodeTable:
         return node
 
     async def start(self) -> None:
-        await asyncio.gather(*(b.start() for b in self.backends.values()))
+        await asyncio.gather(self.toolsets.start(), *(b.start() for b in self.backends.values()))
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
+        await asyncio.gather(self.toolsets.aclose(), *(b.aclose() for b in self.backends.values()),
+                             return_exceptions=True)
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         async def one(backend: Backend) -> tuple[bool, str]:

@@ -35,7 +35,7 @@ def read_jsonl(path: str | Path, parse: Callable[[dict[str, Any]], T], what: str
                 continue
             try:
                 out.append(parse(orjson.loads(line)))
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
                 raise ValueError(f"{path}:{n}: not {what}: {exc}") from None
     return out
 

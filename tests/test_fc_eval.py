@@ -19,6 +19,7 @@ SHARED = REPO.parent / "shared" / "data" / "function_calling"
 def gateway(tmp_path_factory):
     graph = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
     graph.pop("router", None)  # routing is not under test here
+    graph["toolsets"]["assistant"]["tools"] = str(REPO / "config" / "toolsets" / "assistant.json")
     d = tmp_path_factory.mktemp("fc")
     (d / "graph.yaml").write_text(yaml.safe_dump(graph))
     gw = start_gateway(d / "graph.yaml", d / "octogate.log")

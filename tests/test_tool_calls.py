@@ -145,6 +145,7 @@ def embedded(tmp_path_factory):
     # trained artifact need not exist for the nodes to serve.
     graph = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
     graph.pop("router", None)
+    graph.pop("toolsets", None)  # the general path: tools listed in the prompt (toolsets: test_toolsets.py)
     d = tmp_path_factory.mktemp("tools")
     (d / "graph.yaml").write_text(yaml.safe_dump(graph))
     gw = start_gateway(d / "graph.yaml", d / "octogate.log")

@@ -1,0 +1,158 @@
+"""Registered toolsets: Octopus v2's functional tokens for a fixed set of functions.
+
+A graph may declare toolsets (``toolsets:`` in the graph file, ``gateway.graph.ToolsetConfig``):
+named lists of OpenAI tools. ``octogate router train --toolset NAME`` trains one functional token
+per function, plus one for "no call", from examples (``{"query", "function"}``, ``function``
+null for a message that needs none), with the same trainer as the graph router
+(``router_model/training.py``) under this module's short prompt, which names no function.
+
+At run time a request to an embedded node whose ``tools`` are all in a registered toolset (same
+names, same parameter schemas; descriptions may differ) is served in two steps:
+
+1. **selection, one token**: the user's last message, under the short prompt, through the
+   toolset's model (``router_model.token_selector``); the highest-scoring token among the
+   offered functions (and "no call" under ``tool_choice: auto``) wins. No function description is
+   in this context: that is the paper's context saving;
+2. **arguments**: the embedded chat model writes the chosen function's arguments under its
+   schema's grammar, with only that one function in its prompt (``adapters/tool_calls.py``).
+
+Other requests (tools outside every toolset, a named ``tool_choice``, the extension
+``"octogate": {"tool_calls": "constrained"}``) take the general path that lists every offered
+function in the prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import router_model
+from adapters.base import UpstreamError
+from adapters.tool_calls import Function, ToolPlan, plan_tools
+from router_model.evaluation import Example, read_jsonl
+from router_model.prompt_tokens import SUFFIX
+from router_model.token_selector import SelectorError, TokenSelector
+
+#: The label of the "answer without a call" token (not a valid function name, so never a clash).
+NO_CALL = "(no call)"
+TOOLSET_SYSTEM_PROMPT = ("You are an assistant that can call functions. Answer the user's message with the "
+                         "functional token of the function to call, or the one for no call.")
+TOOLSET_PREFIX = f"<|im_start|>system\n{TOOLSET_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+TOOLSET_SUFFIX = SUFFIX
+SHIPPED_DIR = Path(router_model.__file__).resolve().parent / "trained"
+
+
+class ToolsetError(ValueError):
+    """A toolset that cannot be used; the message names it and says why."""
+
+
+def signature(function: Function) -> str:
+    """What must match between a request's tool and a registered one: name and parameters."""
+    return json.dumps([function.name, function.schema], sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class Toolset:
+    name: str
+    functions: list[Function]
+    path: Path
+    threads: int | None = None
+
+    @classmethod
+    def from_config(cls, name: str, tools: list[dict[str, Any]], path: str | None,
+                    threads: int | None = None) -> Toolset:
+        try:
+            plan = plan_tools({"tools": tools, "tool_choice": "required"})
+        except UpstreamError as exc:
+            raise ToolsetError(f"toolsets.{name}.{exc.param or 'tools'}: {exc.message}") from None
+        return cls(name, plan.functions, Path(path) if path else SHIPPED_DIR / f"toolset-{name}", threads)
+
+    def labels(self) -> dict[int, str]:
+        """Token index -> function name; the last token is "no call"."""
+        return {**{i: f.name for i, f in enumerate(self.functions)}, len(self.functions): NO_CALL}
+
+    def covers(self, plan: ToolPlan) -> bool:
+        own = {signature(f) for f in self.functions}
+        return all(signature(f) in own for f in plan.functions)
+
+    def read_examples(self, path: str | Path) -> list[Example]:
+        """Training or evaluation lines ``{"query": ..., "function": name or null}``, or BFCL cases
+        (``query`` and ``gold``), so that ``fc eval``'s test file also scores selection alone."""
+        names = {f.name for f in self.functions}
+
+        def example(row: dict[str, Any]) -> Example:
+            fn = row["function"] if "function" in row else next(iter(row["gold"][0]), None) if row["gold"] else None
+            if fn is not None and fn not in names:
+                raise ValueError(f"function {fn!r} is not in toolset {self.name!r}")
+            return Example(str(row["query"]), NO_CALL if fn is None else str(fn))
+
+        return read_jsonl(path, example, "a toolset example ({\"query\", \"function\"})")
+
+
+class ToolsetSelector:
+    """A toolset's trained tokens, loaded in llama.cpp on a thread of their own."""
+
+    def __init__(self, toolset: Toolset):
+        self.toolset = toolset
+        self.selector = TokenSelector(toolset.path, n_threads=toolset.threads)
+        self._executor: ThreadPoolExecutor | None = None
+        self._token_of = {label: t for t, label in toolset.labels().items()}
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"octogate-toolset-{self.toolset.name}")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.selector.load, self.toolset.labels())
+        except SelectorError as exc:
+            raise ToolsetError(f"toolset {self.toolset.name!r}: {exc}") from None
+
+    async def aclose(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self.selector.close()
+
+    def _choose(self, query: str, names: tuple[str, ...], allow_none: bool) -> tuple[str | None, int]:
+        labels = [*names, NO_CALL] if allow_none else list(names)
+        rows = self.selector.rows([self._token_of[label] for label in labels])
+        scores, ids = self.selector.scores(query, rows)
+        best = labels[int(np.argmax(scores))]
+        return (None if best == NO_CALL else best), self.selector.n_prefix + len(ids)
+
+    async def choose(self, query: str, names: list[str], allow_none: bool) -> tuple[str | None, int]:
+        """The function to call among ``names`` (None: answer without a call), and the prompt tokens read."""
+        if self._executor is None:
+            raise UpstreamError(503, f"toolset {self.toolset.name!r} is not loaded", code="toolset_not_loaded")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._choose, query, tuple(names), allow_none)
+
+
+class ToolsetRegistry:
+    """The graph's toolsets; ``match`` finds the one a request's tools belong to."""
+
+    def __init__(self, toolsets: list[Toolset]):
+        self.selectors = [ToolsetSelector(t) for t in toolsets]
+
+    @classmethod
+    def from_graph(cls, graph: Any) -> ToolsetRegistry:
+        return cls([Toolset.from_config(name, ts.tools, ts.path, ts.threads) for name, ts in graph.toolsets.items()])
+
+    def __bool__(self) -> bool:
+        return bool(self.selectors)
+
+    async def start(self) -> None:
+        await asyncio.gather(*(s.start() for s in self.selectors))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(s.aclose() for s in self.selectors), return_exceptions=True)
+
+    def match(self, plan: ToolPlan) -> ToolsetSelector | None:
+        for selector in self.selectors:
+            if selector.toolset.covers(plan):
+                return selector
+        return None
