@@ -70,6 +70,10 @@ class BackendConfig(_Strict):
     connect_timeout: float = Field(default=10.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
+    tool_calls: Literal["native", "octogate"] = Field(
+        default="native", description="native: requests' tools pass through to the backend; octogate: octogate "
+        "makes the tool calls itself with structured outputs (json_schema response_format), for models without "
+        "tool calling of their own (the embedded model always makes its own calls)")
     # Embedded-model settings (ignored by remote adapters).
     model_path: str | None = None
     n_ctx: int = Field(default=2048, ge=128)
