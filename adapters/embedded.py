@@ -199,8 +199,9 @@ class EmbeddedBackend(Backend):
             after_tool = payload["messages"][-1].get("role") in ("tool", "function")
             users = [m for m in payload["messages"] if m.get("role") == "user"]
             last_user = text_of(users[-1].get("content"), "messages") if users else ""
+            prep.query = last_user
             if toolset is not None and not (plan.mode == "auto" and after_tool):
-                prep.toolset, prep.flat, prep.query = toolset, flat, last_user
+                prep.toolset, prep.flat = toolset, flat
             elif toolset is None and plan.mode == "auto" and not after_tool:
                 prep.baseline = self.model.prompt_tokens(baseline_messages(flat))[0]
                 prep.shared_words = shared_words(plan, last_user)
@@ -246,7 +247,7 @@ class EmbeddedBackend(Backend):
                 log.debug("tool choice auto: call preference %.2f", preference)
                 if preference < CALL_THRESHOLD:
                     return None
-            calls, generated = generate_calls(llm, prep.tokens, prep.call_params, plan, cancel)
+            calls, generated = generate_calls(llm, prep.tokens, prep.call_params, plan, cancel, prep.query)
             return tool_call_objects(calls), generated
 
         return await self._on_model_thread(work)
@@ -465,7 +466,7 @@ class _Prepared:
     prompt_count: int = 0  # prompt tokens the model read for this request (usage.prompt_tokens)
     toolset: Any = None  # the registered toolset whose trained token chooses the function
     flat: list[dict[str, str]] = field(default_factory=list)  # toolset path: the turns, without any tool listing
-    query: str = ""  # toolset path: the last user message
+    query: str = ""  # tools: the last user message
 
 
 TOOL_CALL_MODES = ("auto", "toolset", "constrained", "unconstrained")

@@ -195,12 +195,13 @@ def baseline_messages(flat: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------- grammar
-def call_grammar(plan: ToolPlan) -> Any:
+def call_grammar(plan: ToolPlan, first: str | None = None) -> Any:
+    """The plan's call grammar; with ``first``, the (first) call must be of that function."""
     key = json.dumps([[f.name, f.schema] for f in plan.functions], sort_keys=True)
-    return _call_grammar(key, plan.parallel)
+    return _call_grammar(key, plan.parallel, first)
 
 
-def call_grammar_text(functions: list[tuple[str, dict[str, Any]]], parallel: bool) -> str:
+def call_grammar_text(functions: list[tuple[str, dict[str, Any]]], parallel: bool, first: str | None = None) -> str:
     b = GrammarBuilder()
     alternatives = []
     for i, (name, schema) in enumerate(functions):
@@ -211,19 +212,20 @@ def call_grammar_text(functions: list[tuple[str, dict[str, Any]]], parallel: boo
             f'"," space {literal(json.dumps("arguments"))} space ":" space {args} "}}" space',
         ))
     b.add_rule("call", " | ".join(alternatives))
+    opening = "call" if first is None else alternatives[[name for name, _ in functions].index(first)]
     if parallel:
-        b.add_rule("root", f'call | "[" space call ("," space call){{0,{MAX_PARALLEL - 1}}} "]" space')
+        b.add_rule("root", f'{opening} | "[" space {opening} ("," space call){{0,{MAX_PARALLEL - 1}}} "]" space')
     else:
-        b.add_rule("root", "call")
+        b.add_rule("root", opening)
     return b.text()
 
 
 @lru_cache(maxsize=64)
-def _call_grammar(key: str, parallel: bool) -> Any:
+def _call_grammar(key: str, parallel: bool, first: str | None) -> Any:
     from llama_cpp import LlamaGrammar
 
     functions = [(name, schema) for name, schema in json.loads(key)]
-    return LlamaGrammar.from_string(call_grammar_text(functions, parallel), verbose=False)
+    return LlamaGrammar.from_string(call_grammar_text(functions, parallel, first), verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -341,11 +343,11 @@ class _Forced:
         return forced
 
 
-def prefix_logprob(llm: Any, tokens: list[int]) -> float:
-    """log P(CALL_PREFIX | tokens) under the model."""
+def prefix_logprob(llm: Any, tokens: list[int], text: str = CALL_PREFIX) -> float:
+    """log P(text | tokens) under the model (``text`` as the tokenizer splits it)."""
     from llama_cpp import LogitsProcessorList
 
-    forced = llm.tokenize(CALL_PREFIX.encode(), add_bos=False, special=False)
+    forced = llm.tokenize(text.encode(), add_bos=False, special=False)
     scorer = _Forced(forced)
     llm.create_completion(tokens, max_tokens=len(forced), temperature=0.0,
                           logits_processor=LogitsProcessorList([scorer]))
@@ -370,21 +372,35 @@ def _words(text: str) -> set[str]:
             if len(w) > 2 and w not in _STOPWORDS}
 
 
+def _overlap(f: Function, said: set[str]) -> int:
+    own = _words(" ".join([f.name.replace("_", " ").replace("-", " "), f.description, *(f.schema.get("properties") or {})]))
+    return len(said & own)
+
+
 def shared_words(plan: ToolPlan, text: str) -> int:
     """The most words the user's message shares with one function's name, description and parameter names."""
     said = _words(text)
-    best = 0
-    for f in plan.functions:
-        own = _words(" ".join([f.name.replace("_", " ").replace("-", " "), f.description,
-                               *(f.schema.get("properties") or {})]))
-        best = max(best, len(said & own))
-    return best
+    return max((_overlap(f, said) for f in plan.functions), default=0)
+
+
+def choose_function(llm: Any, tokens: list[int], plan: ToolPlan, user_text: str) -> str:
+    """The function the (first) call is of, among several offered: the one whose whole call opening
+    (``{"name": "NAME"``) the model finds most likely after the prompt, plus ``LEXICAL_WEIGHT`` per
+    word the user's message shares with that function. Scoring every name in full, rather than
+    letting greedy decoding commit at the first token where names differ, and adding the
+    user's own words, is what makes a 135M model pick well among similar functions."""
+    said = _words(user_text)
+    scores = {f.name: prefix_logprob(llm, tokens, f'{CALL_PREFIX}{f.name}"') + LEXICAL_WEIGHT * _overlap(f, said)
+              for f in plan.functions}
+    return max(scores, key=scores.__getitem__)
 
 
 def generate_calls(llm: Any, tokens: list[int], params: dict[str, Any], plan: ToolPlan,
-                   cancel: threading.Event) -> tuple[list[tuple[str, Any]], int]:
-    """Constrained generation of the calls, validated; retried with sampling when validation fails."""
-    grammar = call_grammar(plan)
+                   cancel: threading.Event, user_text: str = "") -> tuple[list[tuple[str, Any]], int]:
+    """Constrained generation of the calls, validated; retried with sampling when validation fails.
+    With several functions offered, ``choose_function`` first picks the one the first call is of."""
+    first = choose_function(llm, tokens, plan, user_text) if len(plan.functions) > 1 else None
+    grammar = call_grammar(plan, first)
     generated = 0
     problem, truncated = "", False
     for attempt in range(ATTEMPTS):

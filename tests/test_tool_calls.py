@@ -120,6 +120,39 @@ def test_grammar_ties_each_name_to_its_own_arguments():
     assert '"["' in dict(line.split(" ::= ", 1) for line in parallel.splitlines())["root"]
 
 
+def test_a_chosen_function_opens_the_call():
+    functions = [("get_weather", normalise(fn_schema(WEATHER), "p")), ("add", normalise(fn_schema(ADD), "p"))]
+    rules = dict(line.split(" ::= ", 1) for line in call_grammar_text(functions, False, first="add").splitlines())
+    assert rules["root"] == "fn1-call"
+    rules = dict(line.split(" ::= ", 1) for line in call_grammar_text(functions, True, first="add").splitlines())
+    assert rules["root"].startswith("fn1-call | ") and '"[" space fn1-call ("," space call)' in rules["root"]
+
+
+def test_the_function_is_chosen_by_scoring_every_offered_name():
+    from llama_cpp import Llama
+
+    from adapters.embedded import bundled_gguf_path
+    from adapters.tool_calls import choose_function, tools_system_text
+
+    def area(shape, of):
+        return {"type": "function", "function": {"name": f"{shape}_area", "description": f"Area of a {shape} given {of}",
+                "parameters": {"type": "object", "properties": {"size": {"type": "number"}}}}}
+
+    llm = Llama(model_path=str(bundled_gguf_path()), n_ctx=1024, verbose=False)
+    try:
+        for tools in ([area("circle", "its radius"), area("rectangle", "its sides")],
+                      [area("rectangle", "its sides"), area("circle", "its radius")]):
+            plan = plan_tools({"tools": tools, "tool_choice": "required"})
+            for question, expected in (("What is the area of a circle of radius 3?", "circle_area"),
+                                       ("How big is a rectangle 4 by 5?", "rectangle_area")):
+                prompt = (f"<|im_start|>system\n{tools_system_text(plan)}<|im_end|>\n<|im_start|>user\n{question}"
+                          "<|im_end|>\n<|im_start|>assistant\n")
+                tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+                assert choose_function(llm, tokens, plan, question) == expected, (question, tools)
+    finally:
+        llm.close()
+
+
 def test_grammar_view_spells_out_unions_and_small_ranges():
     s = normalise(fn_schema(BOOKING), "p")
     view = grammar_view(s)
