@@ -145,6 +145,8 @@ def train_command(
     data: Annotated[Path, typer.Option(help="routing examples: JSONL of {query, node, reformatted?}")],
     out: Annotated[Path, typer.Option(help="directory for the trained router (a few MB; resumable)")],
     config: Annotated[Optional[Path], typer.Option(help="graph whose nodes get functional tokens")] = None,
+    toolset: Annotated[Optional[str], typer.Option(
+        help="train the graph's registered toolset of this name instead: data lines {query, function}")] = None,
     eval_data: Annotated[Optional[list[Path]], typer.Option(
         "--eval", help="examples to score after each epoch (repeatable)")] = None,
     time_budget: Annotated[Optional[float], typer.Option(

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from router_model.evaluation import Example
-from router_model.prompt_tokens import RouterPromptTokens
+from router_model.prompt_tokens import PREFIX, RouterPromptTokens
 from router_model.torch_llama import Llama, read_gguf
 
 
