@@ -43,6 +43,21 @@ def test_fc_eval_prints_both_modes_on_bfcl_cases(gateway):
     assert failed_row.split("│")[2].strip() == "0", out
 
 
+def test_fc_eval_compares_a_registered_toolset_with_the_general_path(gateway):
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "fc", "eval", "--data", str(REPO / "config" / "toolsets" / "assistant.test.jsonl"),
+         "--limit", "3", "--base-url", f"{gateway.url}/v1", "--max-tokens", "96", "--mode", "toolset",
+         "--mode", "constrained"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+            for line in result.stdout.splitlines() if line.count("│") >= 4}
+    assert rows["failed requests"] == ["0", "0"], result.stdout
+    toolset, general = (int(c) for c in rows["prompt tokens (mean)"])
+    assert toolset * 3 < general, result.stdout  # no function descriptions in the toolset's context
+    assert rows["calls with valid arguments"][0].startswith("100.0% of"), result.stdout
+
+
 def test_the_unconstrained_extension_is_checked(gateway):
     client = gateway.client(timeout=120)
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
