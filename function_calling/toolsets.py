@@ -146,7 +146,8 @@ class ToolsetRegistry:
         return bool(self.selectors)
 
     async def start(self) -> None:
-        await asyncio.gather(*(s.start() for s in self.selectors))
+        for selector in self.selectors:  # one at a time: see gateway.nodes.NodeTable.start
+            await selector.start()
 
     async def aclose(self) -> None:
         await asyncio.gather(*(s.aclose() for s in self.selectors), return_exceptions=True)

@@ -82,7 +82,10 @@ class NodeTable:
         return node
 
     async def start(self) -> None:
-        await asyncio.gather(self.toolsets.start(), *(b.start() for b in self.backends.values()))
+        await asyncio.gather(*(b.start() for b in self.backends.values()))
+        # After, not beside, the backends: llama-cpp-python silences a model's loading by pointing the
+        # process's stdout/stderr at /dev/null and back, and two loads at once can leave them there.
+        await self.toolsets.start()
 
     async def aclose(self) -> None:
         await asyncio.gather(self.toolsets.aclose(), *(b.aclose() for b in self.backends.values()),
