@@ -91,6 +91,29 @@ def gateway_factory(tmp_path_factory) -> Iterator[Callable[..., Gateway]]:
         gw.stop()
 
 
+def default_graph_gateway(tmp_path: Path, *, toolsets: bool = True) -> Gateway:
+    """``config/default.yaml`` served from ``tmp_path``, without its router (routing not under test);
+    its toolsets kept (their tools file made absolute) or dropped (the general tool-calling path)."""
+    graph = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    graph.pop("router", None)
+    if toolsets:
+        graph["toolsets"]["assistant"]["tools"] = str(REPO / "config" / "toolsets" / "assistant.json")
+    else:
+        graph.pop("toolsets", None)
+    (tmp_path / "graph.yaml").write_text(yaml.safe_dump(graph))
+    return start_gateway(tmp_path / "graph.yaml", tmp_path / "octogate.log")
+
+
+def streamed_tool_calls(chunks) -> dict[int, dict]:
+    """Tool-call deltas of streamed chunks put together per ``index``: {"id", "name", "arguments"}."""
+    calls: dict[int, dict] = {}
+    for c in chunks:
+        for d in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+            slot = calls.setdefault(d.index, {"id": d.id, "name": d.function.name, "arguments": ""})
+            slot["arguments"] += d.function.arguments or ""
+    return calls
+
+
 def scripted_graph(upstream: ScriptedUpstream, **server) -> dict:
     """A graph whose nodes all point at the scripted upstream, each asking it for one behaviour."""
 

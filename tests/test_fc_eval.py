@@ -8,21 +8,15 @@ import sys
 
 import openai
 import pytest
-import yaml
 
-from tests.conftest import REPO, start_gateway
+from tests.conftest import REPO, default_graph_gateway
 
 SHARED = REPO.parent / "shared" / "data" / "function_calling"
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    graph = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
-    graph.pop("router", None)  # routing is not under test here
-    graph["toolsets"]["assistant"]["tools"] = str(REPO / "config" / "toolsets" / "assistant.json")
-    d = tmp_path_factory.mktemp("fc")
-    (d / "graph.yaml").write_text(yaml.safe_dump(graph))
-    gw = start_gateway(d / "graph.yaml", d / "octogate.log")
+    gw = default_graph_gateway(tmp_path_factory.mktemp("fc"))
     yield gw
     gw.stop()
 

@@ -23,7 +23,7 @@ from adapters.litellm_backend import LiteLLMBackend
 from adapters.openai_compat import OpenAICompatibleBackend
 from adapters.structured_tool_calls import StructuredToolCalls
 from gateway.graph import ConfigError, parse_graph
-from tests.conftest import start_gateway
+from tests.conftest import streamed_tool_calls, start_gateway
 from tests.loopback import LoopbackServer
 
 WEATHER = {"type": "function", "function": {
@@ -223,11 +223,7 @@ def test_streamed_parallel_calls_accumulate_in_the_sdk(client, structured_upstre
                                                  stream_options={"include_usage": True}))
     assert not structured_upstream.requests[0].get("stream")  # the reply is validated whole before streaming
     assert chunks[0].choices[0].delta.role == "assistant"
-    calls: dict[int, dict] = {}
-    for c in chunks:
-        for d in (c.choices[0].delta.tool_calls or []) if c.choices else []:
-            slot = calls.setdefault(d.index, {"id": d.id, "name": d.function.name, "arguments": ""})
-            slot["arguments"] += d.function.arguments or ""
+    calls = streamed_tool_calls(chunks)
     assert [calls[i]["name"] for i in sorted(calls)] == ["get_weather", "add"]
     assert calls[0]["id"].startswith("call_") and calls[0]["id"] != calls[1]["id"]
     assert json.loads(calls[1]["arguments"]) == {"a": 2, "b": 40}

@@ -8,12 +8,11 @@ import httpx
 import jsonschema
 import openai
 import pytest
-import yaml
 
 from adapters.base import UpstreamError
 from adapters.json_schema import grammar_view, normalise, validation_error
 from adapters.tool_calls import ToolPlan, call_grammar_text, parse_calls, plan_tools
-from tests.conftest import REPO, start_gateway
+from tests.conftest import default_graph_gateway, streamed_tool_calls
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
@@ -174,14 +173,8 @@ def test_parse_calls_rejects_what_the_schema_rejects():
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
-    # The shipped graph's nodes, without its router block: routing is not under test here, and the router's
-    # trained artifact need not exist for the nodes to serve.
-    graph = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
-    graph.pop("router", None)
-    graph.pop("toolsets", None)  # the general path: tools listed in the prompt (toolsets: test_toolsets.py)
-    d = tmp_path_factory.mktemp("tools")
-    (d / "graph.yaml").write_text(yaml.safe_dump(graph))
-    gw = start_gateway(d / "graph.yaml", d / "octogate.log")
+    # the general path: tools listed in the prompt (toolsets: test_toolsets.py)
+    gw = default_graph_gateway(tmp_path_factory.mktemp("tools"), toolsets=False)
     yield gw
     gw.stop()
 
@@ -257,11 +250,7 @@ def test_streamed_calls_accumulate_into_valid_json(client, embedded):
                                             tool_choice="required", stream_options={"include_usage": True}, **SMALL)
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
-    calls: dict[int, dict] = {}
-    for c in chunks:
-        for d in (c.choices[0].delta.tool_calls or []) if c.choices else []:
-            slot = calls.setdefault(d.index, {"id": d.id, "name": d.function.name, "arguments": ""})
-            slot["arguments"] += d.function.arguments or ""
+    calls = streamed_tool_calls(chunks)
     assert calls and all(slot["id"] and slot["id"].startswith("call_") for slot in calls.values())
     fragments = sum(1 for c in chunks if c.choices and c.choices[0].delta.tool_calls)
     assert fragments > len(calls)  # arguments arrive in pieces, as OpenAI streams them

@@ -14,7 +14,7 @@ from function_calling.toolsets import NO_CALL, TOOLSET_PREFIX, Toolset, ToolsetE
 from adapters.tool_calls import plan_tools
 from gateway.graph import ConfigError, load_graph
 from router_model.artifact import load_router
-from tests.conftest import OCTOGATE, REPO, start_gateway
+from tests.conftest import OCTOGATE, REPO, default_graph_gateway
 
 ASSISTANT = json.loads((REPO / "config" / "toolsets" / "assistant.json").read_text())
 BY_NAME = {t["function"]["name"]: t for t in ASSISTANT}
@@ -107,12 +107,7 @@ def test_router_train_makes_tokens_for_a_toolset(tmp_path):
 # ---------------------------------------------------------------------------------------------- gateway
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    graph = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
-    graph.pop("router", None)  # routing is not under test here
-    graph["toolsets"]["assistant"]["tools"] = str(REPO / "config" / "toolsets" / "assistant.json")
-    d = tmp_path_factory.mktemp("toolsets")
-    (d / "graph.yaml").write_text(yaml.safe_dump(graph))
-    gw = start_gateway(d / "graph.yaml", d / "octogate.log")
+    gw = default_graph_gateway(tmp_path_factory.mktemp("toolsets"))
     yield gw.client(timeout=180)
     gw.stop()
 
