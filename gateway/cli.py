@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -111,6 +112,12 @@ def sglang_command(
     print(shlex.join(argv))
 
 
+class MmluChoices(str, Enum):
+    omit = "omit"
+    append = "append"
+    both = "both"
+
+
 @router_cli.command("convert-mmlu")
 def convert_mmlu_command(
     source: Annotated[Path, typer.Argument(help="an MMLU file, e.g. ../shared/data/routing/mmlu_train.jsonl")],
@@ -118,8 +125,12 @@ def convert_mmlu_command(
     holdout_out: Annotated[Optional[Path], typer.Option(
         help="also split off a held-out set (by a hash of each question's id) into this file")] = None,
     holdout_percent: Annotated[int, typer.Option(min=1, max=50, help="share of questions held out")] = 10,
+    choices: Annotated[MmluChoices, typer.Option(
+        help="for --out: the question alone (omit), followed by its answer choices (append), or one of each (both)"
+    )] = MmluChoices.omit,
+    holdout_choices: Annotated[MmluChoices, typer.Option(help="the same for --holdout-out")] = MmluChoices.omit,
 ) -> None:
-    """Turn MMLU questions (question, category) into routing examples (query, node)."""
+    """Turn MMLU questions (question, choices, category) into routing examples (query, node)."""
     import orjson
 
     from router_model.evaluation import convert_mmlu, held_out
@@ -127,16 +138,16 @@ def convert_mmlu_command(
     with open(source, "rb") as f:
         rows = [orjson.loads(line) for line in f if line.strip()]
     kept = [r for r in rows if holdout_out is None or not held_out(r["id"], holdout_percent)]
-    with open(out, "wb") as f:
-        for example in convert_mmlu(kept):
-            f.write(orjson.dumps(example) + b"\n")
-    message = f"{len(kept)} examples written to {out}"
+    def write(path: Path, questions: list[dict], form: MmluChoices) -> int:
+        with open(path, "wb") as f:
+            examples = list(convert_mmlu(questions, form.value))
+            f.write(b"".join(orjson.dumps(example) + b"\n" for example in examples))
+        return len(examples)
+
+    message = f"{write(out, kept, choices)} examples ({len(kept)} questions) written to {out}"
     if holdout_out is not None:
         held = [r for r in rows if held_out(r["id"], holdout_percent)]
-        with open(holdout_out, "wb") as f:
-            for example in convert_mmlu(held):
-                f.write(orjson.dumps(example) + b"\n")
-        message += f", {len(held)} held out to {holdout_out}"
+        message += f", {write(holdout_out, held, holdout_choices)} ({len(held)} questions) held out to {holdout_out}"
     Console().print(message)
 
 

@@ -51,10 +51,27 @@ def held_out(question_id: str, percent: int = 10) -> bool:
     return int(hashlib.sha1(question_id.encode()).hexdigest(), 16) % 100 < percent
 
 
-def convert_mmlu(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, str]]:
-    """MMLU rows (``question``, ``category``) as routing examples."""
+CHOICES = ("omit", "append", "both")
+
+
+def with_choices(row: dict[str, Any]) -> str:
+    """The question as a user would paste it: followed by its lettered answer choices."""
+    return "\n".join([row["question"], *(f"{letter}. {choice}" for letter, choice in zip("ABCD", row["choices"]))])
+
+
+def convert_mmlu(rows: Iterable[dict[str, Any]], choices: str = "omit") -> Iterator[dict[str, str]]:
+    """MMLU rows (``question``, ``choices``, ``category``) as routing examples.
+
+    ``choices``: ``omit`` writes the question alone, ``append`` the question followed by its
+    answer choices, ``both`` one example of each (training data: the choices often carry the
+    subject when the question does not, and the plain form keeps short queries covered)."""
+    if choices not in CHOICES:
+        raise ValueError(f"choices must be one of {', '.join(CHOICES)}, not {choices!r}")
     for row in rows:
-        yield {"query": row["question"], "node": row["category"]}
+        if choices != "append":
+            yield {"query": row["question"], "node": row["category"]}
+        if choices != "omit":
+            yield {"query": with_choices(row), "node": row["category"]}
 
 
 @dataclass

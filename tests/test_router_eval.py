@@ -9,7 +9,7 @@ import sys
 import orjson
 import yaml
 
-from router_model.evaluation import Example, evaluate, read_examples
+from router_model.evaluation import Example, evaluate, held_out, read_examples
 from tests.conftest import REPO
 from tests.sglang_server import SGLangDouble
 
@@ -45,6 +45,31 @@ def test_convert_mmlu_from_the_shared_data(tmp_path):
     assert len(examples) == 285
     first = orjson.loads((SHARED / "mmlu_dev.jsonl").read_bytes().splitlines()[0])
     assert examples[0] == Example(first["question"], first["category"])
+
+
+def test_convert_mmlu_with_answer_choices_and_a_held_out_split(tmp_path):
+    out, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "convert-mmlu",
+                             str(SHARED / "mmlu_dev.jsonl"), "--out", str(out), "--choices", "both",
+                             "--holdout-out", str(held), "--holdout-percent", "20"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = [orjson.loads(line) for line in (SHARED / "mmlu_dev.jsonl").read_bytes().splitlines()]
+    kept, held_rows = [r for r in rows if not held_out(r["id"], 20)], [r for r in rows if held_out(r["id"], 20)]
+    assert kept and held_rows
+    train = read_examples(out)
+    assert len(train) == 2 * len(kept)  # each question alone, then with its choices
+    first = kept[0]
+    lettered = "\n".join(f"{letter}. {choice}" for letter, choice in zip("ABCD", first["choices"]))
+    assert train[:2] == [Example(first["question"], first["category"]),
+                         Example(f"{first['question']}\n{lettered}", first["category"])]
+    assert read_examples(held) == [Example(r["question"], r["category"]) for r in held_rows]  # held out: plain
+    assert f"{len(train)} examples ({len(kept)} questions)" in " ".join(result.stdout.split())
+
+    bad = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "convert-mmlu",
+                          str(SHARED / "mmlu_dev.jsonl"), "--out", str(out), "--choices", "some"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "some" in bad.stderr
 
 
 def test_eval_cli_against_an_sglang_router(tmp_path):
