@@ -60,8 +60,9 @@ def bundled_gguf_path() -> Path:
 class EmbeddedModel:
     """One llama.cpp model, loaded once and shared by every backend that names the same file."""
 
-    def __init__(self, path: Path, n_ctx: int, n_threads: int | None):
+    def __init__(self, path: Path, n_ctx: int, n_threads: int | None, weights: str = "q8_0"):
         self.path = path
+        self.weights = weights
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.llm: Any = None
@@ -84,8 +85,13 @@ class EmbeddedModel:
                             "if the process dies with a segmentation fault, reinstall llama-cpp-python with "
                             "CMAKE_ARGS=-DGGML_NATIVE=OFF")
 
+            path = self.path
+            if self.weights == "q8_0":
+                from adapters.model_weights import q8_0_model_path
+
+                path = q8_0_model_path(self.path)
             self.llm = Llama(
-                model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads,
+                model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads,
                 logits_all=False, verbose=False,
             )
             meta = self.llm.metadata
@@ -120,14 +126,14 @@ class EmbeddedModel:
         return tokens, stop
 
 
-_models: dict[tuple[str, int, int | None], EmbeddedModel] = {}
+_models: dict[tuple[str, int, int | None, str], EmbeddedModel] = {}
 
 
 def shared_model(cfg: BackendConfig) -> EmbeddedModel:
     path = Path(cfg.model_path) if cfg.model_path else bundled_gguf_path()
-    key = (str(path.resolve()), cfg.n_ctx, cfg.n_threads)
+    key = (str(path.resolve()), cfg.n_ctx, cfg.n_threads, cfg.weights)
     if key not in _models:
-        _models[key] = EmbeddedModel(path, cfg.n_ctx, cfg.n_threads)
+        _models[key] = EmbeddedModel(path, cfg.n_ctx, cfg.n_threads, cfg.weights)
     return _models[key]
 
 
