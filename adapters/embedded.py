@@ -60,7 +60,7 @@ def bundled_gguf_path() -> Path:
 class EmbeddedModel:
     """One llama.cpp model, loaded once and shared by every backend that names the same file."""
 
-    def __init__(self, path: Path, n_ctx: int, n_threads: int | None, weights: str = "q8_0"):
+    def __init__(self, path: Path, n_ctx: int, n_threads: int | None, weights: str = "as_is"):
         self.path = path
         self.weights = weights
         self.n_ctx = n_ctx

@@ -1,11 +1,11 @@
-"""The weights the embedded chat model runs on: the bundled Q4_1 file re-encoded once as Q8_0.
+"""An optional Q8_0 copy of a 4- or 5-bit GGUF for the embedded model (``backend.weights: q8_0``).
 
 SmolLM2 ships as Q4_1. On an AVX2 CPU llama.cpp processes prompts in Q4_1 on a slow path, while
-Q8_0 (and float16) matrices take its tiled matrix-multiply path; prompt processing is what long
-inputs cost (tool definitions, conversation history). Measured on this project's 2-core CPU
-(``bench/embedded_weights.py``, one run): a 900-token prompt 1.6x faster in Q8_0 than in Q4_1,
-generation about 1.07x slower; float16 prefills at about the same speed as Q8_0 but generates
-1.5x slower (twice the bytes to read per token), so Q8_0 is the choice.
+Q8_0 (and float16) matrices take its tiled matrix-multiply path. Measured on this project's 2-core
+CPU (``bench/embedded_weights.py``, one run): a 900-token prompt 1.6x faster in Q8_0 than in Q4_1,
+generation about 1.1x slower (float16: prefill about as fast as Q8_0, generation 1.5x slower).
+End to end on tool-call requests (about 425 prompt tokens) the gain was small and uneven (see
+``bench/README.md``), so the bundled file stays the default and Q8_0 is for prompt-heavy loads.
 
 Every Q4_1 value (min + scale * q, q in 0..15) is re-encoded in Q8_0's blocks of 32 (a scale
 and 8-bit integers): the model is the bundled one to within Q8_0's rounding, not a different

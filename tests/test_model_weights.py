@@ -41,7 +41,15 @@ def test_the_copy_re_encodes_every_4_bit_matrix_once_and_answers_like_the_origin
 
 
 def test_backends_choose_their_weights():
-    q8 = shared_model(BackendConfig(model="embedded/smollm2-135m-instruct", n_ctx=512))
-    as_is = shared_model(BackendConfig(model="embedded/smollm2-135m-instruct", n_ctx=512, weights="as_is"))
-    assert (q8.weights, as_is.weights) == ("q8_0", "as_is") and q8 is not as_is
-    assert q8 is shared_model(BackendConfig(model="embedded/smollm2-135m-instruct", n_ctx=512))
+    as_is = shared_model(BackendConfig(model="embedded/smollm2-135m-instruct", n_ctx=512))
+    q8 = shared_model(BackendConfig(model="embedded/smollm2-135m-instruct", n_ctx=512, weights="q8_0"))
+    assert (as_is.weights, q8.weights) == ("as_is", "q8_0") and q8 is not as_is
+    assert q8 is shared_model(BackendConfig(model="embedded/smollm2-135m-instruct", n_ctx=512, weights="q8_0"))
+
+
+def test_a_q8_0_backend_loads_the_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = shared_model(BackendConfig(model="embedded/smollm2-135m-instruct", n_ctx=256, weights="q8_0"))
+    model.load()
+    assert model.llm.model_path == str(q8_0_model_path(bundled_gguf_path()))
+    assert str(tmp_path) in model.llm.model_path
