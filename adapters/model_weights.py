@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,21 +30,24 @@ from router_model.artifact import sha256_of
 LEGACY_QUANTS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
 GGML_FTYPE_MOSTLY_Q8_0 = 7
 
+# A tensor of the source file -> None (copy it as it is) or (data, raw GGML type or None for numpy's own).
+TensorRewrite = Callable[[Any], "tuple[np.ndarray, Any] | None"]
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "octogate" / "models"
+
+def cache_dir(kind: str) -> Path:
+    """Where derived model files of one ``kind`` live: the user's cache, never the repository."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "octogate" / kind
 
 
-def q8_0_model_path(source: Path) -> Path:
-    """A Q8_0 copy of ``source``, written now if it is not cached yet."""
-    key = hashlib.sha256(f"{sha256_of(source)}|q8_0".encode()).hexdigest()[:24]
-    path = cache_dir() / f"{source.stem}-{key}.Q8_0.gguf"
+def derived_file(path: Path, write: Callable[[Path], None]) -> Path:
+    """``path``, first written by ``write(tmp)`` if it does not exist yet: into a temporary file in
+    the same directory, then renamed, so concurrent workers never read a partial file."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
         os.close(fd)
         try:
-            write_q8_0(source, Path(tmp))
+            write(Path(tmp))
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -50,27 +55,49 @@ def q8_0_model_path(source: Path) -> Path:
     return path
 
 
-def write_q8_0(source: Path, out: Path) -> None:
+def rewrite_gguf(source: Path, out: Path, rewrite: TensorRewrite, *, file_type: int | None = None) -> None:
+    """A copy of the GGUF ``source`` with its metadata, each tensor passed through ``rewrite``;
+    ``file_type`` replaces ``general.file_type`` when the copy's weights are of another type."""
     import gguf
 
-    legacy = {gguf.GGMLQuantizationType[name] for name in LEGACY_QUANTS}
-    q8 = gguf.GGMLQuantizationType.Q8_0
     reader = gguf.GGUFReader(str(source))
     writer = gguf.GGUFWriter(str(out), arch=reader.fields["general.architecture"].contents())
     for name, field in reader.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture":
             continue
         kind = field.types[0]
-        value = GGML_FTYPE_MOSTLY_Q8_0 if name == "general.file_type" else field.contents()
+        value = file_type if name == "general.file_type" and file_type is not None else field.contents()
         writer.add_key_value(name, value, kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
     for t in reader.tensors:
-        if t.tensor_type in legacy:
-            weights = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-            data = gguf.quants.quantize(weights, q8)
-            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=q8)
-        else:
+        new = rewrite(t)
+        if new is None:
             writer.add_tensor(t.name, np.array(t.data), raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+        elif new[1] is None:
+            writer.add_tensor(t.name, new[0])
+        else:
+            writer.add_tensor(t.name, new[0], raw_shape=new[0].shape, raw_dtype=new[1])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def q8_0_model_path(source: Path) -> Path:
+    """A Q8_0 copy of ``source``, written now if it is not cached yet."""
+    key = hashlib.sha256(f"{sha256_of(source)}|q8_0".encode()).hexdigest()[:24]
+    return derived_file(cache_dir("models") / f"{source.stem}-{key}.Q8_0.gguf", lambda tmp: write_q8_0(source, tmp))
+
+
+def write_q8_0(source: Path, out: Path) -> None:
+    import gguf
+
+    legacy = {gguf.GGMLQuantizationType[name] for name in LEGACY_QUANTS}
+    q8 = gguf.GGMLQuantizationType.Q8_0
+
+    def requantise(t) -> tuple[np.ndarray, Any] | None:
+        if t.tensor_type not in legacy:
+            return None
+        weights = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        return gguf.quants.quantize(weights, q8), q8
+
+    rewrite_gguf(source, out, requantise, file_type=GGML_FTYPE_MOSTLY_Q8_0)

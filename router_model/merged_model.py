@@ -18,34 +18,19 @@ The repository still ships only the small adapter.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from adapters.model_weights import LEGACY_QUANTS, cache_dir, derived_file, rewrite_gguf
 from router_model.artifact import RouterArtifact, sha256_of
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "octogate" / "routers"
 
 
 def merged_model_path(artifact: RouterArtifact, base: Path) -> Path:
     """The derived model for ``artifact`` on ``base``, built now if it is not cached yet."""
     key = hashlib.sha256(f"{artifact.base_sha256}|{sha256_of(artifact.lora_path)}|f16".encode()).hexdigest()[:24]
-    path = cache_dir() / f"{artifact.path.name}-{key}.gguf"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-        os.close(fd)
-        try:
-            write_merged(base, artifact.lora_path, Path(tmp))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return path
+    return derived_file(cache_dir("routers") / f"{artifact.path.name}-{key}.gguf",
+                        lambda tmp: write_merged(base, artifact.lora_path, tmp))
 
 
 def read_lora(path: Path) -> tuple[float, dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -66,29 +51,19 @@ def write_merged(base: Path, lora: Path, out: Path) -> None:
     import gguf
 
     alpha, adapters = read_lora(lora)
-    reader = gguf.GGUFReader(str(base))
-    unknown = sorted(set(adapters) - {t.name for t in reader.tensors})
+    names = {t.name for t in gguf.GGUFReader(str(base)).tensors}
+    unknown = sorted(set(adapters) - names)
     if unknown:
         raise ValueError(f"{lora} adapts tensors {base} does not have: {', '.join(unknown[:3])}")
-    writer = gguf.GGUFWriter(str(out), arch=reader.fields["general.architecture"].contents())
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), kind, sub_type=sub)
-    quantised = {gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q4_1,
-                 gguf.GGMLQuantizationType.Q5_0, gguf.GGMLQuantizationType.Q5_1}
-    for t in reader.tensors:
-        if t.name in adapters or t.tensor_type in quantised:
-            w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-            if t.name in adapters:
-                a, b = adapters[t.name]
-                w = w + (alpha / a.shape[0]) * (b @ a)
-            writer.add_tensor(t.name, w.astype(np.float16))
-        else:  # norms (F32) and the Q8_0 token embeddings are kept as they are
-            writer.add_tensor(t.name, np.array(t.data), raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    quantised = {gguf.GGMLQuantizationType[name] for name in LEGACY_QUANTS}
+
+    def merge(t) -> tuple[np.ndarray, None] | None:
+        if t.name not in adapters and t.tensor_type not in quantised:
+            return None  # norms (F32) and the Q8_0 token embeddings are kept as they are
+        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        if t.name in adapters:
+            a, b = adapters[t.name]
+            w = w + (alpha / a.shape[0]) * (b @ a)
+        return w.astype(np.float16), None
+
+    rewrite_gguf(base, out, merge)
