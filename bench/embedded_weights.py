@@ -1,4 +1,4 @@
-"""The embedded chat model's speed on its bundled Q4_1 weights against the Q8_0 copy it runs on.
+"""The embedded chat model's speed on its bundled Q4_1 weights against its Q8_0 copy (`weights: q8_0`).
 
     .venv/bin/python bench/embedded_weights.py [--rounds 2] [--threads 2]
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from gateway.app import CONFIG_ENV, default_config_path
 from gateway.graph import ConfigError, GraphConfig, load_graph
 from gateway.metrics import prepare_multiprocess_dir
+from router_model.evaluation import CHOICES as MMLU_CHOICES
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="An OpenAI-compatible gateway over a graph of specialist models.")
 err_console = Console(stderr=True)
@@ -112,10 +113,7 @@ def sglang_command(
     print(shlex.join(argv))
 
 
-class MmluChoices(str, Enum):
-    omit = "omit"
-    append = "append"
-    both = "both"
+MmluChoices = Enum("MmluChoices", {form: form for form in MMLU_CHOICES}, type=str)  # typer's choices
 
 
 @router_cli.command("convert-mmlu")
@@ -138,6 +136,7 @@ def convert_mmlu_command(
     with open(source, "rb") as f:
         rows = [orjson.loads(line) for line in f if line.strip()]
     kept = [r for r in rows if holdout_out is None or not held_out(r["id"], holdout_percent)]
+
     def write(path: Path, questions: list[dict], form: MmluChoices) -> int:
         with open(path, "wb") as f:
             examples = list(convert_mmlu(questions, form.value))
