@@ -127,6 +127,8 @@ def convert_mmlu_command(
         help="for --out: the question alone (omit), followed by its answer choices (append), or one of each (both)"
     )] = MmluChoices.omit,
     holdout_choices: Annotated[MmluChoices, typer.Option(help="the same for --holdout-out")] = MmluChoices.omit,
+    chat_form: Annotated[bool, typer.Option(
+        help="for --out: also write each question's short chat-style form (exam scaffolding removed)")] = False,
 ) -> None:
     """Turn MMLU questions (question, choices, category) into routing examples (query, node)."""
     import orjson
@@ -137,13 +139,13 @@ def convert_mmlu_command(
         rows = [orjson.loads(line) for line in f if line.strip()]
     kept = [r for r in rows if holdout_out is None or not held_out(r["id"], holdout_percent)]
 
-    def write(path: Path, questions: list[dict], form: MmluChoices) -> int:
+    def write(path: Path, questions: list[dict], form: MmluChoices, chat: bool = False) -> int:
         with open(path, "wb") as f:
-            examples = list(convert_mmlu(questions, form.value))
+            examples = list(convert_mmlu(questions, form.value, chat))
             f.write(b"".join(orjson.dumps(example) + b"\n" for example in examples))
         return len(examples)
 
-    message = f"{write(out, kept, choices)} examples ({len(kept)} questions) written to {out}"
+    message = f"{write(out, kept, choices, chat_form)} examples ({len(kept)} questions) written to {out}"
     if holdout_out is not None:
         held = [r for r in rows if held_out(r["id"], holdout_percent)]
         message += f", {write(holdout_out, held, holdout_choices)} ({len(held)} questions) held out to {holdout_out}"

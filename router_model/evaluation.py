@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import orjson
 
+from router_model.chat_form import chat_form
+
 T = TypeVar("T")
 
 
@@ -59,12 +61,14 @@ def with_choices(row: dict[str, Any]) -> str:
     return "\n".join([row["question"], *(f"{letter}. {choice}" for letter, choice in zip("ABCD", row["choices"]))])
 
 
-def convert_mmlu(rows: Iterable[dict[str, Any]], choices: str = "omit") -> Iterator[dict[str, str]]:
+def convert_mmlu(rows: Iterable[dict[str, Any]], choices: str = "omit", chat: bool = False
+                 ) -> Iterator[dict[str, str]]:
     """MMLU rows (``question``, ``choices``, ``category``) as routing examples.
 
     ``choices``: ``omit`` writes the question alone, ``append`` the question followed by its
     answer choices, ``both`` one example of each (training data: the choices often carry the
-    subject when the question does not, and the plain form keeps short queries covered)."""
+    subject when the question does not, and the plain form keeps short queries covered).
+    ``chat``: one more example per question, its short chat-style form (``chat_form``)."""
     if choices not in CHOICES:
         raise ValueError(f"choices must be one of {', '.join(CHOICES)}, not {choices!r}")
     for row in rows:
@@ -72,6 +76,8 @@ def convert_mmlu(rows: Iterable[dict[str, Any]], choices: str = "omit") -> Itera
             yield {"query": row["question"], "node": row["category"]}
         if choices != "omit":
             yield {"query": with_choices(row), "node": row["category"]}
+        if chat:
+            yield {"query": chat_form(row["question"]), "node": row["category"]}
 
 
 @dataclass

@@ -9,6 +9,7 @@ import sys
 import orjson
 import yaml
 
+from router_model.chat_form import chat_form
 from router_model.evaluation import Example, evaluate, held_out, read_examples
 from tests.conftest import REPO
 from tests.sglang_server import SGLangDouble
@@ -70,6 +71,17 @@ def test_convert_mmlu_with_answer_choices_and_a_held_out_split(tmp_path):
                           str(SHARED / "mmlu_dev.jsonl"), "--out", str(out), "--choices", "some"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "some" in bad.stderr
+
+
+def test_convert_mmlu_adds_the_chat_form_of_each_question(tmp_path):
+    out = tmp_path / "train.jsonl"
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "convert-mmlu",
+                             str(SHARED / "mmlu_dev.jsonl"), "--out", str(out), "--chat-form"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = [orjson.loads(line) for line in (SHARED / "mmlu_dev.jsonl").read_bytes().splitlines()]
+    expected = [Example(q, r["category"]) for r in rows for q in (r["question"], chat_form(r["question"]))]
+    assert read_examples(out) == expected
 
 
 def test_eval_cli_against_an_sglang_router(tmp_path):
