@@ -216,7 +216,9 @@ def make_engine(cfg: RouterEngineConfig, grammar: RouterGrammar) -> RouterEngine
     if cfg.engine == "embedded":
         from router_model.embedded_engine import EmbeddedRouterEngine  # loads llama.cpp only when used
 
-        return EmbeddedRouterEngine(grammar, router_path=cfg.path, mode=cfg.mode, n_threads=cfg.threads)
+        # An argument still being written at 90% of the deadline is dropped, so the choice beats the timeout.
+        return EmbeddedRouterEngine(grammar, router_path=cfg.path, mode=cfg.mode, n_threads=cfg.threads,
+                                    time_limit=0.9 * cfg.timeout)
     base_url = resolve_secret(cfg.base_url) or cfg.base_url
     # The deadline (asyncio.wait_for with cfg.timeout) decides; the engine's own HTTP timeout is a backstop.
     return SGLangRouterEngine(base_url, grammar, mode=cfg.mode, timeout=cfg.timeout + 5,

@@ -6,7 +6,12 @@ against the functional-token rows of *this routing point's* nodes, so an answer 
 real node. That is the constrained first step of the Octopus answer, exact and in one step.
 In "select+reformat" mode the engine then continues from ``<nexa_K>('`` and generates the
 argument under the GBNF grammar of ``RouterGrammar.argument_gbnf`` (greedy), so the full answer
-always parses.
+always parses. The choice is made before the argument is written, so an argument that runs past
+``time_limit`` (counted from the request, queueing included) is abandoned: the decision keeps its
+node and the original query goes on unchanged, as for an argument cut off at
+``max_argument_tokens``. Without that, a long restatement would run past the gateway's timeout,
+lose a good choice to the fallback node, and keep the router's only thread busy after the request
+gave up on it.
 
 llama.cpp contexts are not thread-safe: one worker thread owns the model and runs decisions one
 at a time; the event loop only awaits them.
@@ -15,6 +20,7 @@ at a time; the event loop only awaits them.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,6 +51,7 @@ class EmbeddedRouterEngine:
         base_model: str | Path | None = None,
         n_threads: int | None = None,
         max_argument_tokens: int = 128,
+        time_limit: float | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -52,6 +59,7 @@ class EmbeddedRouterEngine:
         self.mode = mode
         self.router_path = Path(router_path) if router_path else DEFAULT_ROUTER_DIR
         self.max_argument_tokens = max_argument_tokens
+        self.time_limit = time_limit
         self.selector = TokenSelector(self.router_path, base_model=base_model, n_threads=n_threads,
                                       extra_context=max_argument_tokens)
         self._executor: ThreadPoolExecutor | None = None
@@ -89,32 +97,39 @@ class EmbeddedRouterEngine:
         scores, _ = self.selector.scores(query, self._rows)
         return dict(zip(self._tokens, scores.tolist()))
 
-    def _decide(self, query: str) -> RouterDecision:
+    def _decide(self, query: str, deadline: float | None = None) -> RouterDecision:
         scores, ids = self.selector.scores(query, self._rows)
         token = self._tokens[int(np.argmax(scores))]
-        if self.mode == "select":
-            return RouterDecision(token, self.grammar.token_to_node[token], None)
+        chosen = RouterDecision(token, self.grammar.token_to_node[token], None)
+        if self.mode == "select" or (deadline is not None and time.monotonic() >= deadline):
+            return chosen
         llm = self.selector.llm
         opening = functional_token(token) + "('"
         context = self.selector.prompt.prefix + ids + llm.tokenize(opening.encode(), False, False)
-        out = llm.create_completion(
+        pieces, finish = [opening], None
+        stream = llm.create_completion(
             context, max_tokens=self.max_argument_tokens, temperature=0.0, top_k=1,
-            grammar=self._argument_grammar,
+            grammar=self._argument_grammar, stream=True,
         )
-        text = opening + out["choices"][0]["text"]
+        for chunk in stream:
+            pieces.append(chunk["choices"][0]["text"])
+            finish = chunk["choices"][0].get("finish_reason") or finish
+            if finish is None and deadline is not None and time.monotonic() >= deadline:
+                stream.close()  # out of time mid-argument: keep the choice, send the query on unchanged
+                return chosen
         try:
-            return parse_router_output(text, self.grammar, "select+reformat")
+            return parse_router_output("".join(pieces), self.grammar, "select+reformat")
         except RouterOutputError as exc:
-            if out["choices"][0].get("finish_reason") == "length":
-                # cut off mid-argument: keep the choice, send the original query on unchanged
-                return RouterDecision(token, self.grammar.token_to_node[token], None)
+            if finish == "length":
+                return chosen  # cut off mid-argument: keep the choice, send the original query on unchanged
             raise RouterEngineError(f"embedded router wrote an unparseable answer: {exc}") from None
 
     async def decide(self, query: str) -> RouterDecision:
         if self._executor is None or self.selector.llm is None:
             raise RouterEngineError("embedded router used before start()")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._decide, query)
+            deadline = time.monotonic() + self.time_limit if self.time_limit else None
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._decide, query, deadline)
         except RouterEngineError:
             raise
         except Exception as exc:  # a llama.cpp failure is a routing failure: the gateway falls back

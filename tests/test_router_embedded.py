@@ -91,6 +91,22 @@ def test_select_reformat_writes_a_full_octopus_answer_that_parses():
         assert parse_router_output(text, g, "select+reformat") == decision
 
 
+def test_select_reformat_out_of_time_keeps_the_choice_and_the_original_query():
+    """Past the time limit no argument is written: the node chosen stands, the query goes on as sent."""
+    g = grammar()
+    engine = EmbeddedRouterEngine(g, mode="select+reformat", n_threads=2, max_argument_tokens=48, time_limit=1e-6)
+
+    async def go():
+        await engine.start()
+        try:
+            return [await engine.decide(q) for q in list(CLEAR)[:2]]
+        finally:
+            await engine.aclose()
+
+    for query, decision in zip(CLEAR, run(go())):
+        assert decision.node == CLEAR[query] and decision.argument is None
+
+
 def test_a_router_for_other_nodes_is_refused_at_start(tmp_path):
     other = RouterGrammar([(0, "physics"), (4, "algebra")])  # token 4 was trained as "math"
     engine = EmbeddedRouterEngine(other, n_threads=1)
