@@ -1,5 +1,6 @@
 -- wrk script for bench/run.py: POST one fixed chat-completions body, and at the end print the
--- exact figures as one JSON line (prefixed BENCH_RESULT) so run.py needs no unit parsing.
+-- exact figures as one JSON line (prefixed BENCH_RESULT) so the bench (bench/overhead/measurement.py)
+-- needs no unit parsing.
 --
 -- The body comes from the environment (BENCH_BODY), so the same script serves every target.
 -- No per-request callback is defined (no request()/response()), which keeps wrk on its fast
