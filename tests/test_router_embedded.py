@@ -73,9 +73,8 @@ def test_a_decision_depends_only_on_the_query_not_on_the_one_before(select_engin
     assert max(abs(first[t] - again[t]) for t in first) < 1e-3
 
 
-def test_select_reformat_writes_a_full_octopus_answer_that_parses():
-    g = grammar()
-    engine = EmbeddedRouterEngine(g, mode="select+reformat", n_threads=2, max_argument_tokens=48)
+def decide_first_two(engine: EmbeddedRouterEngine) -> list:
+    """Start ``engine``, decide the first two CLEAR queries, close it."""
 
     async def go():
         await engine.start()
@@ -84,7 +83,13 @@ def test_select_reformat_writes_a_full_octopus_answer_that_parses():
         finally:
             await engine.aclose()
 
-    for query, decision in zip(CLEAR, run(go())):
+    return run(go())
+
+
+def test_select_reformat_writes_a_full_octopus_answer_that_parses():
+    g = grammar()
+    for query, decision in zip(CLEAR, decide_first_two(EmbeddedRouterEngine(
+            g, mode="select+reformat", n_threads=2, max_argument_tokens=48))):
         assert decision.node == CLEAR[query]
         assert decision.argument, "the argument (the query restated) is written"
         text = format_router_output(decision.token, decision.argument)
@@ -93,17 +98,9 @@ def test_select_reformat_writes_a_full_octopus_answer_that_parses():
 
 def test_select_reformat_out_of_time_keeps_the_choice_and_the_original_query():
     """Past the time limit no argument is written: the node chosen stands, the query goes on as sent."""
-    g = grammar()
-    engine = EmbeddedRouterEngine(g, mode="select+reformat", n_threads=2, max_argument_tokens=48, time_limit=1e-6)
-
-    async def go():
-        await engine.start()
-        try:
-            return [await engine.decide(q) for q in list(CLEAR)[:2]]
-        finally:
-            await engine.aclose()
-
-    for query, decision in zip(CLEAR, run(go())):
+    engine = EmbeddedRouterEngine(grammar(), mode="select+reformat", n_threads=2, max_argument_tokens=48,
+                                  time_limit=1e-6)
+    for query, decision in zip(CLEAR, decide_first_two(engine)):
         assert decision.node == CLEAR[query] and decision.argument is None
 
 
