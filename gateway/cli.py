@@ -173,6 +173,9 @@ def train_command(
     max_query_tokens: Annotated[int, typer.Option(min=8)] = 128,
     threads: Annotated[int, typer.Option(min=0, help="torch threads (0: all cores)")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
+    subject_weight: Annotated[float, typer.Option(min=0.0, help=(
+        "also learn each example's subject (convert-mmlu keeps MMLU's) as an auxiliary target, "
+        "with this weight on its loss (0: off)"))] = 0.0,
 ) -> None:
     """Train functional tokens for a graph's nodes on this CPU (needs the [train] extra: torch, gguf)."""
     try:
@@ -204,7 +207,7 @@ def train_command(
         evals = {p.name: read(p) for p in eval_data or []}
         settings = TrainSettings(lora_layers=lora_layers, rank=rank, alpha=alpha, lr=lr, token_lr=token_lr,
                                  epochs=epochs, batch_size=batch_size, max_query_tokens=max_query_tokens,
-                                 threads=threads, seed=seed)
+                                 threads=threads, seed=seed, subject_weight=subject_weight)
         artifact, state, complete = train_router(
             nodes=nodes, examples=examples, out=out, settings=settings, data_name=data.name,
             time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console, **prompt)

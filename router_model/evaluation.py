@@ -26,6 +26,7 @@ class Example:
     query: str
     node: str
     reformatted: str | None = None
+    subject: str | None = None  # a finer label under ``node`` (MMLU's subject): an auxiliary training target
 
 
 def read_jsonl(path: str | Path, parse: Callable[[dict[str, Any]], T], what: str) -> list[T]:
@@ -44,8 +45,12 @@ def read_jsonl(path: str | Path, parse: Callable[[dict[str, Any]], T], what: str
 
 def read_examples(path: str | Path) -> list[Example]:
     """Routing examples from a JSONL file; a line that is not one names its line number."""
-    return read_jsonl(path, lambda row: Example(str(row["query"]), str(row["node"]), row.get("reformatted")),
-                      'a routing example ({"query", "node"})')
+    def parse(row: dict[str, Any]) -> Example:
+        subject = row.get("subject")
+        return Example(str(row["query"]), str(row["node"]), row.get("reformatted"),
+                       None if subject is None else str(subject))
+
+    return read_jsonl(path, parse, 'a routing example ({"query", "node"})')
 
 
 def held_out(question_id: str, percent: int = 10) -> bool:
@@ -68,16 +73,18 @@ def convert_mmlu(rows: Iterable[dict[str, Any]], choices: str = "omit", chat: bo
     ``choices``: ``omit`` writes the question alone, ``append`` the question followed by its
     answer choices, ``both`` one example of each (training data: the choices often carry the
     subject when the question does not, and the plain form keeps short queries covered).
-    ``chat``: one more example per question, its short chat-style form (``chat_form``)."""
+    ``chat``: one more example per question, its short chat-style form (``chat_form``).
+    A row's ``subject`` is kept: training can use it as an auxiliary target (``subject_weight``)."""
     if choices not in CHOICES:
         raise ValueError(f"choices must be one of {', '.join(CHOICES)}, not {choices!r}")
     for row in rows:
+        labels = {"node": row["category"], **({"subject": row["subject"]} if "subject" in row else {})}
         if choices != "append":
-            yield {"query": row["question"], "node": row["category"]}
+            yield {"query": row["question"], **labels}
         if choices != "omit":
-            yield {"query": with_choices(row), "node": row["category"]}
+            yield {"query": with_choices(row), **labels}
         if chat:
-            yield {"query": chat_form(row["question"]), "node": row["category"]}
+            yield {"query": chat_form(row["question"]), **labels}
 
 
 @dataclass

@@ -53,6 +53,10 @@ class TrainSettings:
     max_query_tokens: int = 128
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    # > 0: also learn one row per example ``subject`` (MMLU's 57 subjects under the 17 categories) and
+    # add this times its cross-entropy to the loss. Finer labels give the LoRA more to separate; the
+    # subject rows are dropped at the end and serving sees only the graph's tokens.
+    subject_weight: float = 0.0
 
 
 @dataclass
@@ -73,6 +77,8 @@ def data_digest(examples: Sequence[Example]) -> str:
         h.update(ex.query.encode())
         h.update(b"\0")
         h.update(ex.node.encode())
+        if ex.subject is not None:  # data without subjects keeps the digest it always had
+            h.update(b"\0" + ex.subject.encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
 
@@ -94,16 +100,30 @@ class RouterTrainer:
         self.tokens = sorted(nodes)  # row i of ``rows`` is token self.tokens[i]
         self.node_of = {nodes[t]: i for i, t in enumerate(self.tokens)}
         self.prompt = RouterPromptTokens(tokenize, settings.max_query_tokens, prefix_text=prefix_text)
-        self.rows = torch.nn.Parameter(self._initial_rows(nodes, tokenize, tensors["token_embd.weight"]))
+        self._tokenize, self._embed = tokenize, tensors["token_embd.weight"]
+        self.rows = torch.nn.Parameter(self._name_rows([nodes[t] for t in self.tokens]))
+        self.subjects: list[str] = []  # the auxiliary labels, when ``subject_weight`` is set
+        self.subject_rows: torch.nn.Parameter | None = None
         self._prefix_state: tuple[torch.Tensor, list] | None = None
 
-    def _initial_rows(self, nodes: dict[int, str], tokenize, embed: np.ndarray) -> torch.Tensor:
-        """Each new token starts as the mean embedding of its node's name (``computer_science`` -> "computer science")."""
+    def _name_rows(self, names: Sequence[str]) -> torch.Tensor:
+        """Each new row starts as the mean embedding of its name (``computer_science`` -> "computer science")."""
         rows = []
-        for t in self.tokens:
-            ids = tokenize(nodes[t].replace("_", " ").encode(), False, False)
-            rows.append(embed[ids].mean(0))
+        for name in names:
+            ids = self._tokenize(name.replace("_", " ").encode(), False, False)
+            rows.append(self._embed[ids].mean(0))
         return torch.from_numpy(np.stack(rows)).float()
+
+    def _add_subjects(self, examples: Sequence[Example]) -> torch.Tensor:
+        """Rows for the examples' subjects (the auxiliary target); returns each example's subject index."""
+        missing = sum(ex.subject is None for ex in examples)
+        if missing:
+            raise ValueError(f"subject_weight needs a subject on every example; {missing} have none "
+                             "(convert-mmlu writes them)")
+        self.subjects = sorted({ex.subject for ex in examples})  # type: ignore[type-var]
+        self.subject_rows = torch.nn.Parameter(self._name_rows(self.subjects))
+        index = {name: i for i, name in enumerate(self.subjects)}
+        return torch.tensor([index[ex.subject] for ex in examples])
 
     # -------------------------------------------------------------------------------- features
     def prefix_state(self) -> tuple[torch.Tensor, list]:
@@ -137,7 +157,11 @@ class RouterTrainer:
 
     # -------------------------------------------------------------------------------- model
     def logits(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Scores of the graph's tokens at the answer position, for a batch of cached features.
+        """Scores of the graph's tokens at the answer position, for a batch of cached features."""
+        return self.hidden(feats) @ self.rows.t()
+
+    def hidden(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The final hidden state at the answer position, for a batch of cached features.
 
         The prefix runs through the trained blocks once per batch (its keys and values change as
         the LoRA learns) and is shared by every query in it."""
@@ -151,8 +175,7 @@ class RouterTrainer:
             last[i] = f.shape[0] - 1
         _, prefix_kv = self.model.forward_from(prefix_x)
         h, _ = self.model.forward_from(x, n_prefix, prefix_kv)
-        h_last = h[torch.arange(len(feats)), last]
-        return h_last @ self.rows.t()
+        return h[torch.arange(len(feats)), last]
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -204,7 +227,11 @@ class RouterTrainer:
         steps_per_epoch = math.ceil(len(feats) / s.batch_size)
         state = TrainState(total_steps=max(1, round(steps_per_epoch * s.epochs)))
         lora = self.trainable()
-        opt = torch.optim.AdamW([{"params": lora, "lr": s.lr}, {"params": [self.rows], "lr": s.token_lr}],
+        rows = [self.rows]
+        if s.subject_weight > 0:
+            subject_labels = self._add_subjects(examples)
+            rows.append(self.subject_rows)
+        opt = torch.optim.AdamW([{"params": lora, "lr": s.lr}, {"params": rows, "lr": s.token_lr}],
                                 weight_decay=s.weight_decay)
 
         def schedule(step: int) -> float:
@@ -219,6 +246,8 @@ class RouterTrainer:
                 raise ValueError(f"{checkpoint} was trained with other settings or data; delete it to start over")
             self.model.load_lora(saved["lora"])
             self.rows.data.copy_(saved["rows"])
+            if self.subject_rows is not None:
+                self.subject_rows.data.copy_(saved["subject_rows"])
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
             state = TrainState(**saved["state"])
@@ -228,7 +257,9 @@ class RouterTrainer:
                 return
             tmp = checkpoint.with_suffix(".tmp")
             torch.save({"settings": asdict(s), "data": data_digest(examples), "lora": self.model.lora_tensors(),
-                        "rows": self.rows.detach().clone(), "optimizer": opt.state_dict(),
+                        "rows": self.rows.detach().clone(),
+                        "subject_rows": None if self.subject_rows is None else self.subject_rows.detach().clone(),
+                        "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "state": asdict(state)}, tmp)
             tmp.replace(checkpoint)
 
@@ -238,10 +269,14 @@ class RouterTrainer:
             for batch in self.batches(feats, epoch)[offset:]:
                 if state.step >= state.total_steps:
                     break
-                loss = F.cross_entropy(self.logits([feats[i] for i in batch]), labels[batch])
+                h = self.hidden([feats[i] for i in batch])
+                loss = F.cross_entropy(h @ self.rows.t(), labels[batch])
+                if self.subject_rows is not None:
+                    loss = loss + s.subject_weight * F.cross_entropy(h @ self.subject_rows.t(),
+                                                                     subject_labels[batch])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(lora + [self.rows], 1.0)
+                torch.nn.utils.clip_grad_norm_(lora + rows, 1.0)
                 opt.step()
                 sched.step()
                 state.step += 1

@@ -45,7 +45,7 @@ def test_convert_mmlu_from_the_shared_data(tmp_path):
     examples = read_examples(out)
     assert len(examples) == 285
     first = orjson.loads((SHARED / "mmlu_dev.jsonl").read_bytes().splitlines()[0])
-    assert examples[0] == Example(first["question"], first["category"])
+    assert examples[0] == Example(first["question"], first["category"], subject=first["subject"])
 
 
 def test_convert_mmlu_with_answer_choices_and_a_held_out_split(tmp_path):
@@ -62,9 +62,10 @@ def test_convert_mmlu_with_answer_choices_and_a_held_out_split(tmp_path):
     assert len(train) == 2 * len(kept)  # each question alone, then with its choices
     first = kept[0]
     lettered = "\n".join(f"{letter}. {choice}" for letter, choice in zip("ABCD", first["choices"]))
-    assert train[:2] == [Example(first["question"], first["category"]),
-                         Example(f"{first['question']}\n{lettered}", first["category"])]
-    assert read_examples(held) == [Example(r["question"], r["category"]) for r in held_rows]  # held out: plain
+    assert train[:2] == [Example(first["question"], first["category"], subject=first["subject"]),
+                         Example(f"{first['question']}\n{lettered}", first["category"], subject=first["subject"])]
+    assert read_examples(held) == [Example(r["question"], r["category"], subject=r["subject"])
+                                   for r in held_rows]  # held out: plain
     assert f"{len(train)} examples ({len(kept)} questions)" in " ".join(result.stdout.split())
 
     bad = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "convert-mmlu",
@@ -80,7 +81,8 @@ def test_convert_mmlu_adds_the_chat_form_of_each_question(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     rows = [orjson.loads(line) for line in (SHARED / "mmlu_dev.jsonl").read_bytes().splitlines()]
-    expected = [Example(q, r["category"]) for r in rows for q in (r["question"], chat_form(r["question"]))]
+    expected = [Example(q, r["category"], subject=r["subject"])
+                for r in rows for q in (r["question"], chat_form(r["question"]))]
     assert read_examples(out) == expected
 
 

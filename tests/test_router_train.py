@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from adapters.embedded import bundled_gguf_path
@@ -136,3 +137,57 @@ def test_data_naming_an_unknown_node_is_an_error(tmp_path):
                              "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "astrology" in result.stderr and "Traceback" not in result.stderr
+
+
+SUBJECTS = {"What is 17 times 23?": "arithmetic", "Solve x^2 - 5x + 6 = 0.": "algebra",
+            "Integrate sin(x) from 0 to pi.": "calculus", "Is 221 a prime number?": "arithmetic",
+            "What is the derivative of e^(2x)?": "calculus", "Simplify (a+b)^2.": "algebra"}
+
+
+def small_trainer(subject_weight: float):
+    import llama_cpp
+
+    from router_model.training import RouterTrainer, TrainSettings
+
+    vocab = llama_cpp.Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
+    settings = TrainSettings(lora_layers=2, max_query_tokens=24, batch_size=6, epochs=4, lr=0.02, token_lr=0.05,
+                             threads=2, subject_weight=subject_weight)
+    return RouterTrainer(bundled_gguf_path(), {t: n for n, t in NODES.items()}, settings, vocab.tokenize)
+
+
+def test_subjects_as_an_auxiliary_target_are_learned_and_resume(tmp_path):
+    """With subject_weight, the trainer learns a row per subject beside the graph's tokens (the
+    subject loss falls), keeps them in its checkpoint to resume, and refuses data without them."""
+    from router_model.evaluation import Example
+
+    examples = [Example(q, "math", subject=s) for q, s in SUBJECTS.items()]
+    examples += [Example(q, n) for q, n in EXAMPLES if n != "math"]
+    trainer = small_trainer(subject_weight=1.0)
+    with pytest.raises(ValueError, match="subject on every example; 12 have none"):
+        trainer.train(trainer.features(examples), examples)
+
+    examples = [Example(q, n, subject=SUBJECTS.get(q, n)) for q, n in EXAMPLES]
+    trainer = small_trainer(subject_weight=1.0)
+    feats = trainer.features(examples)
+    checkpoint = tmp_path / "checkpoint.pt"
+    trainer.train(feats, examples, checkpoint=checkpoint, time_budget=0.0)  # one step, then stop
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["state"]["step"] == 1 and saved["subject_rows"].shape == (5, trainer.shape.dim)
+
+    def subject_loss(t) -> float:
+        labels = torch.tensor([t.subjects.index(ex.subject) for ex in examples])
+        with torch.no_grad():
+            return F.cross_entropy(t.hidden(feats) @ t.subject_rows.t(), labels).item()
+
+    resumed = small_trainer(subject_weight=1.0)
+    resumed.train(feats, examples, checkpoint=checkpoint, time_budget=0.0)  # loads step 1, runs step 2
+    assert torch.load(checkpoint, weights_only=False)["state"]["step"] == 2
+    assert resumed.subjects == ["algebra", "arithmetic", "calculus", "health", "law"]
+    before = subject_loss(resumed)
+    resumed.train(feats, examples, checkpoint=checkpoint)
+    assert subject_loss(resumed) < 0.5 * before
+    assert resumed.accuracy(feats, examples) >= 0.75  # the graph's own tokens still learned (chance: 1/3)
+
+    plain = small_trainer(subject_weight=0.0)
+    plain.train(feats, examples)
+    assert plain.subject_rows is None and plain.subjects == []
