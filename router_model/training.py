@@ -120,8 +120,10 @@ class RouterTrainer:
         if missing:
             raise ValueError(f"subject_weight needs a subject on every example; {missing} have none "
                              "(convert-mmlu writes them)")
-        self.subjects = sorted({ex.subject for ex in examples})  # type: ignore[type-var]
-        self.subject_rows = torch.nn.Parameter(self._name_rows(self.subjects))
+        subjects = sorted({ex.subject for ex in examples})  # type: ignore[type-var]
+        if subjects != self.subjects:  # a second train() on the same data keeps the rows it learned
+            self.subjects = subjects
+            self.subject_rows = torch.nn.Parameter(self._name_rows(subjects))
         index = {name: i for i, name in enumerate(self.subjects)}
         return torch.tensor([index[ex.subject] for ex in examples])
 
@@ -227,10 +229,8 @@ class RouterTrainer:
         steps_per_epoch = math.ceil(len(feats) / s.batch_size)
         state = TrainState(total_steps=max(1, round(steps_per_epoch * s.epochs)))
         lora = self.trainable()
-        rows = [self.rows]
-        if s.subject_weight > 0:
-            subject_labels = self._add_subjects(examples)
-            rows.append(self.subject_rows)
+        subject_labels = self._add_subjects(examples) if s.subject_weight > 0 else None
+        rows = [self.rows] if self.subject_rows is None else [self.rows, self.subject_rows]
         opt = torch.optim.AdamW([{"params": lora, "lr": s.lr}, {"params": rows, "lr": s.token_lr}],
                                 weight_decay=s.weight_decay)
 
@@ -271,7 +271,7 @@ class RouterTrainer:
                     break
                 h = self.hidden([feats[i] for i in batch])
                 loss = F.cross_entropy(h @ self.rows.t(), labels[batch])
-                if self.subject_rows is not None:
+                if subject_labels is not None:
                     loss = loss + s.subject_weight * F.cross_entropy(h @ self.subject_rows.t(),
                                                                      subject_labels[batch])
                 opt.zero_grad(set_to_none=True)
