@@ -224,6 +224,23 @@ def train_command(
                       "is usable but unfinished: run the same command again to resume from its checkpoint")
 
 
+@router_cli.command("average")
+def average_command(
+    routers: Annotated[list[Path], typer.Argument(help="two or more `router train` outputs for the same graph")],
+    out: Annotated[Path, typer.Option(help="directory to write the averaged router to")],
+) -> None:
+    """One router whose weights are the mean of several trained for the same graph (a model soup); decisions cost the same."""
+    from router_model.averaging import average_routers
+
+    try:
+        artifact = average_routers(routers, out)
+    except (OSError, ValueError) as exc:  # a RouterArtifactError is a ValueError
+        _fail(exc)
+    size = sum(p.stat().st_size for p in artifact.path.iterdir()) / 1e6
+    Console().print(f"average of {len(routers)} routers written to {artifact.path} "
+                    f"(LoRA rank {artifact.manifest['lora']['rank']}, {size:.1f} MB)")
+
+
 @router_cli.command("eval")
 def eval_command(
     data: Annotated[Path, typer.Option(help="routing examples: JSONL of {query, node}")],

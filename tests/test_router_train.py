@@ -4,6 +4,7 @@ computes what torch trained."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -87,7 +88,8 @@ def torch_scores(artifact, queries, with_lora: bool) -> np.ndarray:
     import gguf
 
     shape, tensors = read_gguf(bundled_gguf_path())
-    model = Llama(shape, tensors, lora_from=28, rank=16, alpha=32)
+    lora = artifact.manifest["lora"]
+    model = Llama(shape, tensors, lora_from=28, rank=lora["rank"], alpha=lora["alpha"])
     if with_lora:
         reader = gguf.GGUFReader(str(artifact.lora_path))
         model.load_lora({t.name: torch.from_numpy(np.array(t.data, dtype=np.float32)) for t in reader.tensors})
@@ -105,14 +107,10 @@ def torch_scores(artifact, queries, with_lora: bool) -> np.ndarray:
     return np.stack(out)
 
 
-def test_llama_cpp_computes_what_torch_trained(trained):
-    """The exported LoRA is applied by llama.cpp (names, shapes and scale right): its scores match
-    torch's with the LoRA, and not torch's without it."""
-    tmp = trained[0]
-    artifact = load_router(tmp / "out")
-    queries = [q for q, _ in EXAMPLES[::3]]
-    grammar = RouterGrammar([(t, n) for n, t in NODES.items()])
-    engine = EmbeddedRouterEngine(grammar, router_path=tmp / "out", n_threads=2)
+def served_scores(artifact, queries) -> np.ndarray:
+    """The embedded engine's scores (llama.cpp, the LoRA merged into float16 weights)."""
+    grammar = RouterGrammar([(t, n) for t, n in artifact.tokens.items()])
+    engine = EmbeddedRouterEngine(grammar, router_path=artifact.path, n_threads=2)
 
     async def scores():
         await engine.start()
@@ -121,13 +119,52 @@ def test_llama_cpp_computes_what_torch_trained(trained):
         finally:
             await engine.aclose()
 
-    served = asyncio.run(scores())
+    return asyncio.run(scores())
+
+
+def test_llama_cpp_computes_what_torch_trained(trained):
+    """The exported LoRA is applied by llama.cpp (names, shapes and scale right): its scores match
+    torch's with the LoRA, and not torch's without it."""
+    tmp = trained[0]
+    artifact = load_router(tmp / "out")
+    queries = [q for q, _ in EXAMPLES[::3]]
+    served = served_scores(artifact, queries)
     with_lora = torch_scores(artifact, queries, with_lora=True)
     without = torch_scores(artifact, queries, with_lora=False)
     err_with = np.abs(served - with_lora).max()
     err_without = np.abs(served - without).max()
     assert err_with < 0.1 * err_without, (err_with, err_without)
     assert (served.argmax(1) == with_lora.argmax(1)).all()
+
+
+def test_an_averaged_router_is_served_as_torch_computes_it(trained, tmp_path, monkeypatch):
+    """`router average` of two trained routers: llama.cpp serves the rank-32 average adapter as
+    torch computes it, and its scores are neither router's."""
+    from rich.console import Console
+
+    from router_model.evaluation import Example
+    from router_model.training import TrainSettings, train_router
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = load_router(trained[0] / "out")
+    settings = TrainSettings(lora_layers=2, max_query_tokens=24, batch_size=6, epochs=3, lr=0.02, token_lr=0.02,
+                             threads=2, seed=1)
+    second, _, complete = train_router(nodes=first.tokens, examples=[Example(q, n) for q, n in reversed(EXAMPLES)],
+                                       out=tmp_path / "second", settings=settings, data_name="reversed",
+                                       console=Console(file=io.StringIO()))
+    assert complete
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "average", str(first.path),
+                             str(second.path), "--out", str(tmp_path / "soup")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    soup = load_router(tmp_path / "soup")
+    assert soup.manifest["lora"]["rank"] == 32
+
+    queries = [q for q, _ in EXAMPLES[1::3]]
+    served = served_scores(soup, queries)
+    computed = torch_scores(soup, queries, with_lora=True)
+    nearest_router = min(np.abs(served - torch_scores(r, queries, with_lora=True)).max() for r in (first, second))
+    assert np.abs(served - computed).max() < 0.1 * nearest_router, (np.abs(served - computed).max(), nearest_router)
 
 
 def test_data_naming_an_unknown_node_is_an_error(tmp_path):
