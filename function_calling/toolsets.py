@@ -119,8 +119,8 @@ class ToolsetSelector:
 
     def _choose(self, query: str, names: tuple[str, ...], allow_none: bool) -> tuple[str | None, int]:
         labels = [*names, NO_CALL] if allow_none else list(names)
-        rows = self.selector.rows([self._token_of[label] for label in labels])
-        scores, ids = self.selector.scores(query, rows)
+        tokens = [self._token_of[label] for label in labels]
+        scores, ids = self.selector.scores(query, self.selector.rows(tokens), self.selector.bias(tokens))
         best = labels[int(np.argmax(scores))]
         return (None if best == NO_CALL else best), self.selector.n_prefix + len(ids)
 

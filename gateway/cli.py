@@ -241,11 +241,44 @@ def average_command(
                     f"(LoRA rank {artifact.manifest['lora']['rank']}, {size:.1f} MB)")
 
 
+@router_cli.command("prior")
+def prior_command(
+    router: Annotated[Path, typer.Argument(help="a trained router directory (its router.json is updated)")],
+    data: Annotated[Optional[Path], typer.Option(
+        help="the routing examples it was trained on: their node mix is what gets taken out")] = None,
+    target: Annotated[str, typer.Option(help="the prior decisions should assume: uniform (no node favoured)")] = "uniform",
+    tau: Annotated[float, typer.Option(min=0.0, help="strength; 1 is the Bayes decision for the target, 0 removes the correction")] = 1.0,
+) -> None:
+    """Take the training data's node mix out of a router's scores (logit adjustment), so big nodes stop winning close calls."""
+    from router_model.evaluation import read_examples
+    from router_model.prior import TARGETS, set_prior
+
+    if target not in TARGETS:
+        _fail(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
+    if tau != 0 and data is None:
+        _fail("--data is needed: the routing examples the router was trained on")
+    try:
+        labels = [e.node for e in read_examples(data)] if tau != 0 else None
+        artifact = set_prior(router, labels, target=target, tau=tau, data=data.name if data else None)
+    except (OSError, ValueError) as exc:  # RouterArtifactError and PriorError are ValueErrors
+        _fail(exc)
+    prior = artifact.manifest.get("prior")
+    if prior is None:
+        Console().print(f"{artifact.path}: no prior correction; decisions score as trained")
+        return
+    bias = dict(zip(artifact.tokens.values(), artifact.score_bias(list(artifact.tokens)).tolist()))
+    shown = ", ".join(f"{node} {b:+.2f}" for node, b in sorted(bias.items(), key=lambda kv: kv[1]))
+    Console().print(f"{artifact.path}: {target} prior, tau {tau:g}, from {prior.get('data')}; score bias: {shown}")
+
+
 @router_cli.command("eval")
 def eval_command(
     data: Annotated[Path, typer.Option(help="routing examples: JSONL of {query, node}")],
     config: Annotated[Optional[Path], typer.Option(help="graph file with a router: block")] = None,
     limit: Annotated[Optional[int], typer.Option(help="evaluate the first N examples only")] = None,
+    prior_correction: Annotated[Optional[bool], typer.Option(
+        "--prior-correction/--no-prior-correction",
+        help="apply the router's prior correction, or score as trained [default: the graph's setting]")] = None,
 ) -> None:
     """Top-1 accuracy, per-node precision/recall, costly confusions and decision latency of a graph's router."""
     import asyncio
@@ -261,6 +294,8 @@ def eval_command(
         examples = read_examples(data)[:limit]
     except (OSError, ValueError) as exc:
         _fail(exc)
+    if prior_correction is not None:
+        graph = graph.model_copy(update={"router": graph.router.model_copy(update={"prior_correction": prior_correction})})
     point = RoutingPoint.for_graph(graph)
 
     async def run():

@@ -132,6 +132,9 @@ class RouterEngineConfig(_Strict):
         default="chatml", description="sglang: the chat markers the served router was trained with "
         "(chatml for routers trained here, phi3 for NexaAI/Octopus-v4)")
     mode: Literal["select", "select+reformat"] = "select"
+    prior_correction: bool = Field(default=True, description=(
+        "embedded: take the training data's node mix out of the scores, if the router carries one "
+        "(`octogate router prior`); false scores as trained"))
     timeout: float = Field(default=2.0, gt=0, description=(
         "seconds before the fallback node takes the request; embedded select+reformat stops writing the "
         "argument at 90% of it and sends the chosen node the original query"))

@@ -5,7 +5,8 @@ One routing hop: the last user message is the query; the router engine answers a
 node with ``reformat: true`` then receives the rewritten query in place of the last user message.
 A router that fails, times out or answers nonsense never fails the request: the graph's fallback
 node takes it, and the response says so (``x-octogate-fallback``). Decisions are cached in Redis
-per graph version, so every replica reuses them and a graph change invalidates them all.
+per graph version, so every replica reuses them and a graph change invalidates them all; for an
+embedded router the version includes its files, so a retrained router does not inherit them either.
 """
 
 from __future__ import annotations
@@ -35,12 +36,25 @@ FALLBACK_HEADER = b"x-octogate-fallback"
 ROUTE_HEADER = b"x-octogate-route"  # the nodes passed through, when routing took more than one hop
 
 
+def _artifact(cfg: RouterEngineConfig | None) -> str | None:
+    """The digest of an embedded router's files (None for SGLang, or if they cannot be read)."""
+    if cfg is None or cfg.engine != "embedded":
+        return None
+    from router_model.artifact import artifact_digest
+    from router_model.embedded_engine import DEFAULT_ROUTER_DIR
+
+    return artifact_digest(cfg.path or DEFAULT_ROUTER_DIR)
+
+
 def graph_version(graph: GraphConfig) -> str:
-    """A digest of everything a routing decision depends on: nodes, tokens, descriptions, router."""
+    """A digest of everything a routing decision depends on: nodes, tokens, descriptions, router
+    settings and, for embedded routers, the trained router itself."""
     parts = {
         "router": graph.router.model_dump(exclude={"cache", "timeout", "api_key"}) if graph.router else None,
+        "router_files": _artifact(graph.router),
         "nodes": [(n.name, n.token, n.description, n.reformat, n.neighbours,
-                   n.router.model_dump(exclude={"timeout", "api_key"}) if n.router else None) for n in graph.nodes],
+                   n.router.model_dump(exclude={"timeout", "api_key"}) if n.router else None,
+                   _artifact(n.router)) for n in graph.nodes],
     }
     return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
@@ -218,7 +232,7 @@ def make_engine(cfg: RouterEngineConfig, grammar: RouterGrammar) -> RouterEngine
 
         # An argument still being written at 90% of the deadline is dropped, so the choice beats the timeout.
         return EmbeddedRouterEngine(grammar, router_path=cfg.path, mode=cfg.mode, n_threads=cfg.threads,
-                                    time_limit=0.9 * cfg.timeout)
+                                    time_limit=0.9 * cfg.timeout, prior_correction=cfg.prior_correction)
     base_url = resolve_secret(cfg.base_url) or cfg.base_url
     # The deadline (asyncio.wait_for with cfg.timeout) decides; the engine's own HTTP timeout is a backstop.
     return SGLangRouterEngine(base_url, grammar, mode=cfg.mode, timeout=cfg.timeout + 5,

@@ -10,6 +10,9 @@
   ``router.json``'s ``tokens``. These are the new rows of the tied embedding matrix: a decision
   scores the final hidden state against them.
 
+``router.json`` may also carry a ``prior``: the training data's node shares, which a decision
+takes out of its scores (``prior.py``; written by ``octogate router prior``).
+
 Nothing here imports torch, so serving only needs numpy and llama-cpp-python.
 """
 
@@ -23,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from router_model.prior import PriorError, score_bias
+
 FORMAT = "octogate-router/1"
 MANIFEST, LORA_FILE, TOKENS_FILE = "router.json", "lora.gguf", "functional_tokens.npy"
 
@@ -32,6 +37,17 @@ def sha256_of(path: str | Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def artifact_digest(path: str | Path) -> str | None:
+    """One digest of a router's three files (what its decisions depend on); None if one is unreadable."""
+    h = hashlib.sha256()
+    try:
+        for name in (MANIFEST, LORA_FILE, TOKENS_FILE):
+            h.update(sha256_of(Path(path) / name).encode())
+    except OSError:
+        return None
     return h.hexdigest()
 
 
@@ -61,6 +77,11 @@ class RouterArtifact:
     @property
     def base_sha256(self) -> str:
         return str(self.manifest["base_model"]["sha256"])
+
+    def score_bias(self, tokens: list[int]) -> np.ndarray:
+        """What a decision adds to the scores of ``tokens`` (in that order): the prior correction, or zeros."""
+        nodes = self.tokens
+        return score_bias(self.manifest.get("prior"), [nodes[t] for t in tokens])
 
     def row_index(self) -> dict[int, int]:
         """token index -> row of ``rows``."""
@@ -93,7 +114,12 @@ def load_router(path: str | Path) -> RouterArtifact:
     rows = np.load(path / TOKENS_FILE).astype(np.float32)
     if rows.ndim != 2 or rows.shape[0] != len(manifest["tokens"]):
         raise RouterArtifactError(f"{path / TOKENS_FILE}: shape {rows.shape} does not match {len(manifest['tokens'])} tokens")
-    return RouterArtifact(path, manifest, rows)
+    artifact = RouterArtifact(path, manifest, rows)
+    try:
+        artifact.score_bias(list(artifact.tokens))
+    except PriorError as exc:
+        raise RouterArtifactError(f"{path / MANIFEST}: {exc}") from None
+    return artifact
 
 
 def write_lora_gguf(path: Path, tensors: dict[str, np.ndarray], alpha: float) -> None:

@@ -14,7 +14,9 @@ exact and costs nothing at serving time:
 The embedded engine merges the adapter into a float16 copy of the base model
 (``merged_model.py``), so a decision costs the same as with any one router; only the file grows
 (about 3.9 MB per rank-16 router). The routers must agree on everything a decision depends on
-besides the weights: base model, prompt, query cap and token-to-node table.
+besides the weights: base model, prompt, query cap and token-to-node table. A prior correction
+(``prior.py``) is kept only if every part has the same one; otherwise set it on the average with
+``octogate router prior``.
 """
 
 from __future__ import annotations
@@ -87,4 +89,7 @@ def average_routers(paths: Sequence[str | Path], out: str | Path) -> RouterArtif
             "average_of": [{"router": r.path.name, "lora_sha256": sha256_of(r.lora_path),
                             "training": r.manifest.get("training")} for r in routers]},
     }
+    priors = [r.manifest.get("prior") for r in routers]
+    if priors[0] is not None and all(p == priors[0] for p in priors):
+        manifest["prior"] = priors[0]  # the same correction on every part holds for their average
     return save_router(out, lora=lora, alpha=alpha, rows=rows, tokens=routers[0].tokens, manifest=manifest)

@@ -52,6 +52,7 @@ class EmbeddedRouterEngine:
         n_threads: int | None = None,
         max_argument_tokens: int = 128,
         time_limit: float | None = None,
+        prior_correction: bool = True,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -60,6 +61,7 @@ class EmbeddedRouterEngine:
         self.router_path = Path(router_path) if router_path else DEFAULT_ROUTER_DIR
         self.max_argument_tokens = max_argument_tokens
         self.time_limit = time_limit
+        self.prior_correction = prior_correction
         self.selector = TokenSelector(self.router_path, base_model=base_model, n_threads=n_threads,
                                       extra_context=max_argument_tokens)
         self._executor: ThreadPoolExecutor | None = None
@@ -89,16 +91,17 @@ class EmbeddedRouterEngine:
             raise RouterEngineError(str(exc)) from None
         self._tokens = sorted(self.grammar.token_to_node)
         self._rows = self.selector.rows(self._tokens)
+        self._bias = self.selector.bias(self._tokens) if self.prior_correction else None
         self._argument_grammar = llama_cpp.LlamaGrammar.from_string(self.grammar.argument_gbnf(), verbose=False)
 
     # ------------------------------------------------------------------ decisions
     def scores(self, query: str) -> dict[int, float]:
-        """Each token's score for ``query`` (blocking; for evaluation and tests)."""
-        scores, _ = self.selector.scores(query, self._rows)
+        """Each token's score for ``query``, prior correction included (blocking; for evaluation and tests)."""
+        scores, _ = self.selector.scores(query, self._rows, self._bias)
         return dict(zip(self._tokens, scores.tolist()))
 
     def _decide(self, query: str, deadline: float | None = None) -> RouterDecision:
-        scores, ids = self.selector.scores(query, self._rows)
+        scores, ids = self.selector.scores(query, self._rows, self._bias)
         token = self._tokens[int(np.argmax(scores))]
         chosen = RouterDecision(token, self.grammar.token_to_node[token], None)
         if self.mode == "select" or (deadline is not None and time.monotonic() >= deadline):

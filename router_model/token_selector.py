@@ -8,8 +8,9 @@ Both the graph router (``embedded_engine.py``: which node) and registered toolse
 2. a decision drops whatever followed the prefix from the KV cache and evaluates only the query
    and the short suffix that opens the answer turn (prefix reuse);
 3. the final hidden state at the answer position is scored against the functional-token rows
-   (``functional_tokens.npy``) of the candidates only; the highest wins. Only candidates can win,
-   so the answer always names one of them.
+   (``functional_tokens.npy``) of the candidates only, plus the artifact's prior correction if
+   it has one (``prior.py``); the highest wins. Only candidates can win, so the answer always
+   names one of them.
 
 Not thread-safe (a llama.cpp context): the owner runs it on one thread.
 """
@@ -87,6 +88,10 @@ class TokenSelector:
         """The functional-token rows of ``tokens``, in that order (keep it for repeated decisions)."""
         return np.ascontiguousarray(self.artifact.rows[[self._row_of[t] for t in tokens]])
 
+    def bias(self, tokens: Sequence[int]) -> np.ndarray:
+        """What the artifact adds to the scores of ``tokens``, in that order: its prior correction, or zeros."""
+        return self.artifact.score_bias(list(tokens))
+
     def _decode(self, ids: list[int], n_past: int) -> None:
         llm = self.llm
         llm._ctx.kv_cache_seq_rm(0, n_past, -1)
@@ -104,10 +109,11 @@ class TokenSelector:
             raise SelectorError("llama.cpp returned no hidden state for the answer position")
         return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._dim,))
 
-    def scores(self, query: str, rows: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """Each candidate row's score for ``query``, and the ids evaluated after the prefix."""
+    def scores(self, query: str, rows: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+        """Each candidate row's score for ``query`` (plus ``bias``), and the ids evaluated after the prefix."""
         if self.llm is None:
             raise SelectorError(f"{self.path.name} used before load()")
         ids = self.prompt.query(query)
         self._decode(ids, self.n_prefix)
-        return rows @ self._hidden(), ids
+        scores = rows @ self._hidden()
+        return (scores if bias is None else scores + bias), ids
