@@ -145,6 +145,9 @@ class RouterEngineConfig(_Strict):
             raise _PathError(("base_url",), "engine 'sglang' needs base_url (the SGLang server)")
         if self.engine == "embedded" and self.base_url:
             raise _PathError(("base_url",), "base_url is for engine 'sglang'; the embedded engine runs in process")
+        if self.engine == "sglang" and "prior_correction" in self.model_fields_set:
+            raise _PathError(("prior_correction",), "prior_correction is for engine 'embedded'; "
+                             "an SGLang server decides with its own scores")
         return self
 
 

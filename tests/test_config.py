@@ -66,6 +66,10 @@ BAD = {
     "bad node name": ("nodes:\n  - {name: 'a b', backend: {model: openai/x}}\n", "nodes[0].name: String should match pattern"),
     "params set model": ("nodes:\n  - {name: a, params: {model: y}, backend: {model: openai/x}}\n", "nodes[0].params: params may not set model"),
     "negative token": ("nodes:\n  - {name: a, token: -1, backend: {model: openai/x}}\n", "nodes[0].token: Input should be greater than or equal to 0"),
+    "prior correction on sglang": (
+        "router: {engine: sglang, base_url: 'http://r:30000', prior_correction: false}\n"
+        "nodes:\n  - {name: a, token: 0, backend: {model: openai/x}}\n",
+        "router.prior_correction: prior_correction is for engine 'embedded'"),
 }
 
 
