@@ -230,6 +230,7 @@ def average_command(
     out: Annotated[Path, typer.Option(help="directory to write the averaged router to")],
 ) -> None:
     """One router whose weights are the mean of several trained for the same graph (a model soup); decisions cost the same."""
+    from router_model.artifact import load_router
     from router_model.averaging import average_routers
 
     try:
@@ -239,6 +240,9 @@ def average_command(
     size = sum(p.stat().st_size for p in artifact.path.iterdir()) / 1e6
     Console().print(f"average of {len(routers)} routers written to {artifact.path} "
                     f"(LoRA rank {artifact.manifest['lora']['rank']}, {size:.1f} MB)")
+    if "prior" not in artifact.manifest and any("prior" in load_router(r).manifest for r in routers):
+        Console().print("the parts' prior corrections differ, so the average has none: "
+                        f"set one with `octogate router prior {artifact.path} --data ...`")
 
 
 @router_cli.command("prior")

@@ -113,6 +113,10 @@ def test_an_average_keeps_a_prior_only_when_every_part_has_the_same(tmp_path):
         assert prior_cli(part, "--data", data).returncode == 0
     assert average_routers(parts[:2], tmp_path / "same").manifest["prior"]["train_share"]["math"] == 0.5
     assert "prior" not in average_routers(parts, tmp_path / "mixed").manifest
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "average", *map(str, parts),
+                             "--out", str(tmp_path / "mixed-cli")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "prior corrections differ, so the average has none" in " ".join(result.stdout.split())
 
 
 def test_the_shipped_router_takes_out_mmlu_train_s_mix():
