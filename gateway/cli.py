@@ -319,6 +319,12 @@ def eval_command(
     console.print(f"{report.total} examples: top-1 accuracy {report.accuracy:.1%} "
                   f"({report.correct} right, {report.failures} without a decision)")
     console.print(f"decision latency: p50 {report.percentile(50) * 1000:.1f} ms, p95 {report.percentile(95) * 1000:.1f} ms")
+    artifact = getattr(getattr(point.engine, "selector", None), "artifact", None)  # embedded engines only
+    if artifact is not None:
+        prior = artifact.manifest.get("prior")
+        console.print("prior correction: " + (
+            "none in this router" if prior is None else
+            f"{prior['target']}, tau {prior['tau']:g}" + ("" if graph.router.prior_correction else " (turned off)")))
     table = Table(title="per node")
     for column in ("node", "precision", "recall", "support"):
         table.add_column(column)

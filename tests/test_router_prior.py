@@ -163,3 +163,18 @@ def test_the_embedded_engine_adds_the_bias_and_the_graph_can_turn_it_off(tmp_pat
     assert prior_cli(router, "--data", data, "--tau", "50").returncode == 0
     assert set(decide_all(router).values()) == {"geography"}
     assert decide_all(router, prior_correction=False) == CLEAR
+
+
+def test_router_eval_says_whether_the_correction_was_applied(tmp_path):
+    data = tmp_path / "few.jsonl"
+    data.write_bytes(b"".join(orjson.dumps({"query": q, "node": n}) + b"\n" for q, n in list(CLEAR.items())[:2]))
+
+    def run(*extra) -> str:
+        result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "eval", "--data", str(data), *extra],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stdout.split())
+
+    on, off = run(), run("--no-prior-correction")
+    assert "2 examples: top-1 accuracy 100.0%" in on and "prior correction: uniform, tau 1" in on
+    assert "(turned off)" not in on and "prior correction: uniform, tau 1 (turned off)" in off
