@@ -146,7 +146,14 @@ def save_router(path: str | Path, *, lora: dict[str, np.ndarray], alpha: float, 
     path.mkdir(parents=True, exist_ok=True)
     write_lora_gguf(path / LORA_FILE, lora, alpha)
     np.save(path / TOKENS_FILE, rows.astype(np.float32))
-    manifest = {"format": FORMAT, **manifest,
-                "tokens": [{"token": t, "node": n} for t, n in tokens.items()]}
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(path, {"format": FORMAT, **manifest,
+                          "tokens": [{"token": t, "node": n} for t, n in tokens.items()]})
     return load_router(path)
+
+
+def write_manifest(path: str | Path, manifest: dict[str, Any]) -> None:
+    """Replace the router's ``router.json`` atomically: a process loading it sees the old file or the new one."""
+    target = Path(path) / MANIFEST
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(target)

@@ -26,7 +26,6 @@ of 17 floats added once per decision, so it costs nothing measurable).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -95,7 +94,7 @@ def set_prior(router: str | Path, labels: Iterable[str] | None, *, target: str =
               data: str | None = None):
     """Write (or, with ``tau == 0``, remove) the prior correction of the router at ``router``, from
     the node ``labels`` of its training data; returns the reloaded artifact."""
-    from router_model.artifact import MANIFEST, load_router
+    from router_model.artifact import load_router, write_manifest
 
     artifact = load_router(router)
     manifest = {k: v for k, v in artifact.manifest.items() if k != "prior"}
@@ -103,8 +102,5 @@ def set_prior(router: str | Path, labels: Iterable[str] | None, *, target: str =
         if labels is None:
             raise PriorError("a prior correction needs the router's training data")
         manifest["prior"] = prior_block(train_shares(artifact.tokens.values(), labels), target=target, tau=tau, data=data)
-    path = Path(router) / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a serving process reading it sees the old file or the new one
+    write_manifest(router, manifest)
     return load_router(router)
