@@ -18,7 +18,7 @@ correction restricted to that subset, because a constant added to every score ch
 The correction lives in the router's ``router.json`` as the ingredients, not as opaque numbers::
 
     "prior": {"target": "uniform", "tau": 1.0, "train_share": {"physics": 0.0467, ...},
-              "data": "train.jsonl", "examples": 6307}
+              "data": "train.jsonl"}
 
 ``octogate router prior`` writes it; the embedded engine adds the bias to its scores (a vector
 of 17 floats added once per decision, so it costs nothing measurable).
