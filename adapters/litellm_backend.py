@@ -12,8 +12,9 @@ from typing import Any
 
 import orjson
 
-from adapters.base import Backend, UpstreamError, UpstreamTimeout
-from gateway.graph import BackendConfig, resolve_secret
+from octogate.adapters.base import Backend
+from octogate.core.errors import UpstreamError, UpstreamTimeout
+from octogate.core.graph import BackendConfig, resolve_secret
 
 _PASS_THROUGH_STATUSES = {400: 400, 413: 413, 422: 400, 429: 429}
 

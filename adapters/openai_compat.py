@@ -15,8 +15,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from adapters.base import Backend, UpstreamError, UpstreamTimeout
-from gateway.graph import DEFAULT_OPENAI_API_BASE, BackendConfig, resolve_secret
+from octogate.adapters.base import Backend
+from octogate.core.errors import UpstreamError, UpstreamTimeout
+from octogate.core.graph import DEFAULT_OPENAI_API_BASE, BackendConfig, resolve_secret
 
 # Client errors that are the request's own fault travel back to the client with their status;
 # anything else the upstream refuses (its credentials, its model name) is the gateway's problem.

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from llama_cpp import Llama
 
-from adapters.embedded import bundled_gguf_path
-from adapters.model_weights import q8_0_model_path
+from octogate.core.llama_runtime import bundled_gguf_path, q8_0_model_path
 
 TEXT = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -8,38 +8,25 @@ from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from gateway.auth import KeyChecker
-from gateway.conversations import Conversations
-from gateway.errors import OpenAIError, install_error_handlers
-from gateway.graph import GraphConfig, load_graph
-from gateway.metrics import Metrics, mark_worker_dead
-from gateway.nodes import NodeTable
-from gateway.serving_chat import ChatService, send_error
-from gateway.routing import Router
-from gateway.serving_models import ModelsService
-from gateway.tracing import Tracing
+from octogate.core.errors import OpenAIError
+from octogate.core.graph import GraphConfig, default_config_path, load_graph
+from octogate.gateway.auth import KeyChecker
+from octogate.gateway.conversations import Conversations
+from octogate.gateway.error_handlers import install_error_handlers
+from octogate.gateway.metrics import Metrics, mark_worker_dead
+from octogate.gateway.nodes import NodeTable
+from octogate.gateway.routing import Router
+from octogate.gateway.serving_chat import ChatService, send_error
+from octogate.gateway.serving_models import ModelsService
+from octogate.gateway.tracing import Tracing
 
-CONFIG_ENV = "OCTOGATE_CONFIG"
-DEFAULT_CONFIG = Path("config/default.yaml")
-# The default graph shipped beside the packages (a source checkout or an editable install).
-_SHIPPED_DEFAULT = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
 CHAT_PATH = "/v1/chat/completions"
-
-
-def default_config_path() -> Path:
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env)
-    if DEFAULT_CONFIG.is_file() or not _SHIPPED_DEFAULT.is_file():
-        return DEFAULT_CONFIG
-    return _SHIPPED_DEFAULT
 
 
 def _json(status: int, body: object) -> Response:

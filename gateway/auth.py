@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 
-from gateway.errors import OpenAIError
+from octogate.core.errors import OpenAIError
 
 
 def bearer_token(header: str | None) -> str | None:

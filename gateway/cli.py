@@ -1,42 +1,23 @@
-"""The ``octogate`` command: ``serve`` a graph, ``check-config`` a graph file."""
+"""The ``octogate`` command: ``serve`` a graph and ``check-config`` a graph file here; the
+``router`` and ``fc`` command groups live beside the code they drive."""
 
 from __future__ import annotations
 
 import copy
 import os
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from gateway.app import CONFIG_ENV, default_config_path
-from gateway.graph import ConfigError, GraphConfig, load_graph
-from gateway.metrics import prepare_multiprocess_dir
-from router_model.evaluation import CHOICES as MMLU_CHOICES
+from octogate.adapters.tool_calling.evaluation.cli import fc_cli
+from octogate.core.graph import CONFIG_ENV, default_config_path
+from octogate.gateway.metrics import prepare_multiprocess_dir
+from octogate.router_model.cli import load_graph_or_exit, router_cli
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="An OpenAI-compatible gateway over a graph of specialist models.")
-err_console = Console(stderr=True)
-
-
-def _fail(problem: object) -> NoReturn:
-    """Print a user error (a bad file, option or input) without a traceback, and exit 1."""
-    err_console.print(f"[bold red]error:[/] {problem}", highlight=False)
-    raise typer.Exit(1) from None
-
-
-def _load_or_exit(path: Path) -> GraphConfig:
-    from function_calling.toolsets import ToolsetError, ToolsetRegistry
-
-    try:
-        graph = load_graph(path)
-        ToolsetRegistry.from_graph(graph)  # each toolset's tool schemas, checked as a request's would be
-        return graph
-    except (ConfigError, ToolsetError) as exc:
-        err_console.print(f"[bold red]invalid config[/]\n{exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
 
 
 @cli.command()
@@ -52,13 +33,13 @@ def serve(
     import uvicorn
 
     path = (config or default_config_path()).resolve()
-    _load_or_exit(path)  # fail fast, with a readable message, before any worker starts
+    load_graph_or_exit(path)  # fail fast, with a readable message, before any worker starts
     os.environ[CONFIG_ENV] = str(path)
     prepare_multiprocess_dir(workers)  # before any worker imports prometheus_client
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["octogate"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
     uvicorn.run(
-        "gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+        "octogate.gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         loop="uvloop", http="httptools", log_level=log_level, log_config=log_config, access_log=access_log,
         timeout_graceful_shutdown=10,
     )
@@ -67,7 +48,7 @@ def serve(
 @cli.command("check-config")
 def check_config(path: Annotated[Path, typer.Argument(help="graph file to validate")]) -> None:
     """Validate a graph file and print its nodes; exit 1 with the problems otherwise."""
-    graph = _load_or_exit(path)
+    graph = load_graph_or_exit(path)
     table = Table(title=f"{path}: {len(graph.nodes)} nodes")
     for column in ("node", "token", "backend", "adapter", "persona"):
         table.add_column(column)
@@ -83,311 +64,8 @@ def check_config(path: Annotated[Path, typer.Argument(help="graph file to valida
     Console().print(table)
 
 
-router_cli = typer.Typer(no_args_is_help=True, help="The functional-token router.")
 cli.add_typer(router_cli, name="router")
-
-
-@router_cli.command("sglang-command")
-def sglang_command(
-    model_path: Annotated[str, typer.Option(help="the router model (a local directory or hub id on the GPU host)")],
-    config: Annotated[Optional[Path], typer.Option(help="graph file; its router.base_url gives the port")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port [default: from the graph's router.base_url, else 30000]")] = None,
-    host: Annotated[str, typer.Option(help="address SGLang listens on")] = "127.0.0.1",
-    grammar_backend: Annotated[str, typer.Option(help="xgrammar, outlines or llguidance")] = "xgrammar",
-) -> None:
-    """Print the exact SGLang launch line that serves the router for a graph (needs a CUDA GPU and
-    `pip install 'octogate[sglang]'` on that host)."""
-    import shlex
-    from urllib.parse import urlsplit
-
-    from router_model.sglang_engine import sglang_launch_command
-
-    graph = _load_or_exit((config or default_config_path()).resolve())
-    if port is None:
-        base = graph.router.base_url if graph.router else ""
-        port = (urlsplit(base).port if base and not base.startswith("env:") else None) or 30000
-    try:
-        argv = sglang_launch_command(model_path, port=port, host=host, grammar_backend=grammar_backend)
-    except ValueError as exc:
-        _fail(exc)
-    print(shlex.join(argv))
-
-
-MmluChoices = Enum("MmluChoices", {form: form for form in MMLU_CHOICES}, type=str)  # typer's choices
-
-
-@router_cli.command("convert-mmlu")
-def convert_mmlu_command(
-    source: Annotated[Path, typer.Argument(help="an MMLU file, e.g. ../shared/data/routing/mmlu_train.jsonl")],
-    out: Annotated[Path, typer.Option(help="where to write the routing examples (JSONL)")],
-    holdout_out: Annotated[Optional[Path], typer.Option(
-        help="also split off a held-out set (by a hash of each question's id) into this file")] = None,
-    holdout_percent: Annotated[int, typer.Option(min=1, max=50, help="share of questions held out")] = 10,
-    choices: Annotated[MmluChoices, typer.Option(
-        help="for --out: the question alone (omit), followed by its answer choices (append), or one of each (both)"
-    )] = MmluChoices.omit,
-    holdout_choices: Annotated[MmluChoices, typer.Option(help="the same for --holdout-out")] = MmluChoices.omit,
-    chat_form: Annotated[bool, typer.Option(
-        help="for --out: also write each question's short chat-style form (exam scaffolding removed)")] = False,
-) -> None:
-    """Turn MMLU questions (question, choices, category) into routing examples (query, node)."""
-    import orjson
-
-    from router_model.evaluation import convert_mmlu, held_out
-
-    with open(source, "rb") as f:
-        rows = [orjson.loads(line) for line in f if line.strip()]
-    kept = [r for r in rows if holdout_out is None or not held_out(r["id"], holdout_percent)]
-
-    def write(path: Path, questions: list[dict], form: MmluChoices, chat: bool = False) -> int:
-        with open(path, "wb") as f:
-            examples = list(convert_mmlu(questions, form.value, chat))
-            f.write(b"".join(orjson.dumps(example) + b"\n" for example in examples))
-        return len(examples)
-
-    message = f"{write(out, kept, choices, chat_form)} examples ({len(kept)} questions) written to {out}"
-    if holdout_out is not None:
-        held = [r for r in rows if held_out(r["id"], holdout_percent)]
-        message += f", {write(holdout_out, held, holdout_choices)} ({len(held)} questions) held out to {holdout_out}"
-    Console().print(message)
-
-
-@router_cli.command("train")
-def train_command(
-    data: Annotated[Path, typer.Option(help="routing examples: JSONL of {query, node, reformatted?}")],
-    out: Annotated[Path, typer.Option(help="directory for the trained router (a few MB; resumable)")],
-    config: Annotated[Optional[Path], typer.Option(help="graph whose nodes get functional tokens")] = None,
-    toolset: Annotated[Optional[str], typer.Option(
-        help="train the graph's registered toolset of this name instead: data lines {query, function}")] = None,
-    eval_data: Annotated[Optional[list[Path]], typer.Option(
-        "--eval", help="examples to score after each epoch (repeatable)")] = None,
-    time_budget: Annotated[Optional[float], typer.Option(
-        help="minutes of training, then checkpoint and stop; rerun the same command to resume")] = None,
-    epochs: Annotated[float, typer.Option(min=0.01)] = 3.0,
-    lora_layers: Annotated[int, typer.Option(min=1, help="LoRA on the top N blocks (SmolLM2 has 30)")] = 12,
-    rank: Annotated[int, typer.Option(min=1)] = 16,
-    alpha: Annotated[float, typer.Option()] = 32.0,
-    lr: Annotated[float, typer.Option(help="LoRA learning rate")] = 5e-4,
-    token_lr: Annotated[float, typer.Option(help="learning rate of the new token rows")] = 2e-3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    max_query_tokens: Annotated[int, typer.Option(min=8)] = 128,
-    threads: Annotated[int, typer.Option(min=0, help="torch threads (0: all cores)")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
-    subject_weight: Annotated[float, typer.Option(min=0.0, help=(
-        "also learn each example's subject (convert-mmlu keeps MMLU's) as an auxiliary target, "
-        "with this weight on its loss (0: off)"))] = 0.0,
-) -> None:
-    """Train functional tokens for a graph's nodes on this CPU (needs the [train] extra: torch, gguf)."""
-    try:
-        from router_model.training import TrainSettings, train_router
-    except ImportError as exc:
-        _fail(f"training needs the train extra (pip install -e '.[train]'): {exc}")
-    from router_model.evaluation import read_examples
-
-    graph = _load_or_exit((config or default_config_path()).resolve())
-    prompt: dict[str, str] = {}
-    if toolset is not None:
-        from function_calling.toolsets import TOOLSET_PREFIX, Toolset, ToolsetError
-
-        if toolset not in graph.toolsets:
-            _fail(f"this graph registers no toolset {toolset!r} (toolsets: {', '.join(graph.toolsets) or 'none'})")
-        ts = graph.toolsets[toolset]
-        try:
-            registered = Toolset.from_config(toolset, ts.tools, ts.path, ts.threads)
-        except ToolsetError as exc:
-            _fail(exc)
-        nodes, read, prompt = registered.labels(), registered.read_examples, {"prefix_text": TOOLSET_PREFIX,
-                                                                              "labels": "functions"}
-    else:
-        nodes, read = {n.token: n.name for n in graph.nodes if n.token is not None}, read_examples
-        if not nodes:
-            _fail("no node in this graph has a functional token (`token:`)")
-    try:
-        examples = read(data)
-        evals = {p.name: read(p) for p in eval_data or []}
-        settings = TrainSettings(lora_layers=lora_layers, rank=rank, alpha=alpha, lr=lr, token_lr=token_lr,
-                                 epochs=epochs, batch_size=batch_size, max_query_tokens=max_query_tokens,
-                                 threads=threads, seed=seed, subject_weight=subject_weight)
-        artifact, state, complete = train_router(
-            nodes=nodes, examples=examples, out=out, settings=settings, data_name=data.name,
-            time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console, **prompt)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
-    console = Console()
-    for row in state.history:
-        scores = ", ".join(f"{k} {v:.1%}" for k, v in row.items() if k not in ("step", "seconds"))
-        console.print(f"step {row['step']} ({row['seconds']:.0f} s): {scores}")
-    if complete:
-        console.print(f"trained router written to {artifact.path} ({state.step} steps, {state.seconds / 60:.1f} min)")
-    else:
-        console.print(f"time budget reached at step {state.step}/{state.total_steps}; the router in {artifact.path} "
-                      "is usable but unfinished: run the same command again to resume from its checkpoint")
-
-
-@router_cli.command("average")
-def average_command(
-    routers: Annotated[list[Path], typer.Argument(help="two or more `router train` outputs for the same graph")],
-    out: Annotated[Path, typer.Option(help="directory to write the averaged router to")],
-) -> None:
-    """One router whose weights are the mean of several trained for the same graph (a model soup); decisions cost the same."""
-    from router_model.artifact import load_router
-    from router_model.averaging import average_routers
-
-    try:
-        artifact = average_routers(routers, out)
-    except (OSError, ValueError) as exc:  # a RouterArtifactError is a ValueError
-        _fail(exc)
-    size = sum(p.stat().st_size for p in artifact.path.iterdir()) / 1e6
-    Console().print(f"average of {len(routers)} routers written to {artifact.path} "
-                    f"(LoRA rank {artifact.manifest['lora']['rank']}, {size:.1f} MB)")
-    if "prior" not in artifact.manifest and any("prior" in load_router(r).manifest for r in routers):
-        Console().print("the parts' prior corrections differ, so the average has none: "
-                        f"set one with `octogate router prior {artifact.path} --data ...`")
-
-
-@router_cli.command("prior")
-def prior_command(
-    router: Annotated[Path, typer.Argument(help="a trained router directory (its router.json is updated)")],
-    data: Annotated[Optional[Path], typer.Option(
-        help="the routing examples it was trained on: their node mix is what gets taken out")] = None,
-    target: Annotated[str, typer.Option(help="the prior decisions should assume: uniform (no node favoured)")] = "uniform",
-    tau: Annotated[float, typer.Option(min=0.0, help="strength; 1 is the Bayes decision for the target, 0 removes the correction")] = 1.0,
-) -> None:
-    """Take the training data's node mix out of a router's scores (logit adjustment), so big nodes stop winning close calls."""
-    from router_model.evaluation import read_examples
-    from router_model.prior import TARGETS, set_prior
-
-    if target not in TARGETS:
-        _fail(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
-    if tau != 0 and data is None:
-        _fail("--data is needed: the routing examples the router was trained on")
-    try:
-        labels = [e.node for e in read_examples(data)] if tau != 0 else None
-        artifact = set_prior(router, labels, target=target, tau=tau, data=data.name if data else None)
-    except (OSError, ValueError) as exc:  # RouterArtifactError and PriorError are ValueErrors
-        _fail(exc)
-    prior = artifact.manifest.get("prior")
-    if prior is None:
-        Console().print(f"{artifact.path}: no prior correction; decisions score as trained")
-        return
-    bias = dict(zip(artifact.tokens.values(), artifact.score_bias(list(artifact.tokens)).tolist()))
-    shown = ", ".join(f"{node} {b:+.2f}" for node, b in sorted(bias.items(), key=lambda kv: kv[1]))
-    Console().print(f"{artifact.path}: {target} prior, tau {tau:g}, from {prior.get('data')}; score bias: {shown}")
-
-
-@router_cli.command("eval")
-def eval_command(
-    data: Annotated[Path, typer.Option(help="routing examples: JSONL of {query, node}")],
-    config: Annotated[Optional[Path], typer.Option(help="graph file with a router: block")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="evaluate the first N examples only")] = None,
-    prior_correction: Annotated[Optional[bool], typer.Option(
-        "--prior-correction/--no-prior-correction",
-        help="apply the router's prior correction, or score as trained [default: the graph's setting]")] = None,
-) -> None:
-    """Top-1 accuracy, per-node precision/recall, costly confusions and decision latency of a graph's router."""
-    import asyncio
-
-    from gateway.routing import RoutingPoint
-    from router_model.engine import RouterEngineError
-    from router_model.evaluation import evaluate, read_examples
-
-    graph = _load_or_exit((config or default_config_path()).resolve())
-    if graph.router is None:
-        _fail("this graph has no router: block to evaluate")
-    try:
-        examples = read_examples(data)[:limit]
-    except (OSError, ValueError) as exc:
-        _fail(exc)
-    if prior_correction is not None:
-        graph = graph.model_copy(update={"router": graph.router.model_copy(update={"prior_correction": prior_correction})})
-    point = RoutingPoint.for_graph(graph)
-
-    async def run():
-        await point.engine.start()
-        try:
-            async def decide(query: str) -> str | None:
-                try:
-                    return (await asyncio.wait_for(point.engine.decide(query), point.timeout)).node
-                except (RouterEngineError, asyncio.TimeoutError):
-                    return None
-            return await evaluate(examples, decide)
-        finally:
-            await point.engine.aclose()
-
-    report = asyncio.run(run())
-    console = Console()
-    console.print(f"{report.total} examples: top-1 accuracy {report.accuracy:.1%} "
-                  f"({report.correct} right, {report.failures} without a decision)")
-    console.print(f"decision latency: p50 {report.percentile(50) * 1000:.1f} ms, p95 {report.percentile(95) * 1000:.1f} ms")
-    artifact = getattr(getattr(point.engine, "selector", None), "artifact", None)  # embedded engines only
-    if artifact is not None:
-        prior = artifact.manifest.get("prior")
-        console.print("prior correction: " + (
-            "none in this router" if prior is None else
-            f"{prior['target']}, tau {prior['tau']:g}" + ("" if graph.router.prior_correction else " (turned off)")))
-    table = Table(title="per node")
-    for column in ("node", "precision", "recall", "support"):
-        table.add_column(column)
-    for node, (precision, recall, support) in report.per_node().items():
-        table.add_row(node, f"{precision:.1%}", f"{recall:.1%}", str(support))
-    console.print(table)
-    confusions = Table(title="costliest confusions")
-    for column in ("expected", "routed to", "count"):
-        confusions.add_column(column)
-    for gold, predicted, n in report.confusions():
-        confusions.add_row(gold, predicted, str(n))
-    console.print(confusions)
-
-
-fc_cli = typer.Typer(no_args_is_help=True, help="Function calling: evaluation on BFCL cases.")
 cli.add_typer(fc_cli, name="fc")
-
-
-@fc_cli.command("eval")
-def fc_eval_command(
-    data: Annotated[Path, typer.Option(help="BFCL cases, e.g. ../shared/data/function_calling/bfcl_multiple.jsonl")],
-    base_url: Annotated[str, typer.Option(help="a running gateway's /v1 URL")] = "http://127.0.0.1:8000/v1",
-    model: Annotated[str, typer.Option(help="the node to ask")] = "general",
-    api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", help="bearer key, if the gateway wants one")] = "unused",
-    limit: Annotated[Optional[int], typer.Option(help="the first N cases only")] = None,
-    mode: Annotated[Optional[list[str]], typer.Option(
-        help="toolset, constrained and/or unconstrained (default: constrained and unconstrained)")] = None,
-    max_tokens: Annotated[int, typer.Option(min=1)] = 256,
-) -> None:
-    """Selection accuracy, BFCL argument accuracy, valid-argument rate and latency, with and without constraints."""
-    import openai
-    from rich.progress import Progress
-
-    from function_calling.bfcl import read_cases
-    from function_calling.evaluation import DEFAULT_MODES, MODES, evaluate
-
-    modes = mode or list(DEFAULT_MODES)
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        _fail(f"unknown mode {', '.join(unknown)} (modes: {', '.join(MODES)})")
-    try:
-        cases = read_cases(data)[:limit]
-    except (OSError, ValueError) as exc:
-        _fail(exc)
-    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=300)
-    with Progress(console=err_console) as progress:
-        task = progress.add_task(f"{len(cases)} cases", total=len(cases))
-        reports = evaluate(client, model, cases, modes, max_tokens, lambda: progress.advance(task))
-    table = Table(title=f"{data.name}: {len(cases)} cases, model {model}")
-    for column in ("", *modes):
-        table.add_column(column)
-    rows = [
-        ("function selection", lambda r: f"{r.rate(r.right_function):.1%}"),
-        ("arguments (BFCL rules)", lambda r: f"{r.rate(r.right_arguments):.1%}"),
-        ("made a call", lambda r: f"{r.rate(r.called):.1%}"),
-        ("calls with valid arguments", lambda r: f"{r.rate(r.valid_calls, r.calls):.1%} of {r.calls}"),
-        ("failed requests", lambda r: str(r.errors)),
-        ("prompt tokens (mean)", lambda r: f"{r.prompt_tokens / max(1, r.total - r.errors):.0f}"),
-        ("latency p50 / p95", lambda r: f"{r.percentile(50) * 1000:.0f} / {r.percentile(95) * 1000:.0f} ms"),
-    ]
-    for label, cell in rows:
-        table.add_row(label, *(cell(reports[m]) for m in modes))
-    Console().print(table)
 
 
 def main() -> None:

@@ -16,11 +16,17 @@ from typing import Any
 
 import orjson
 
-from gateway.auth import bearer_token
-from gateway.errors import OpenAIError
-from gateway.graph import HistoryConfig
-from gateway.history import ConversationStore, HistoryLimits, HistoryUnavailable, check_conversation_id, scope_for_key
-from gateway.metrics import Metrics
+from octogate.core.errors import OpenAIError
+from octogate.core.graph import HistoryConfig
+from octogate.gateway.auth import bearer_token
+from octogate.gateway.history import (
+    ConversationStore,
+    HistoryLimits,
+    HistoryUnavailable,
+    check_conversation_id,
+    scope_for_key,
+)
+from octogate.gateway.metrics import Metrics
 
 CONVERSATION_HEADER = b"x-conversation-id"
 HISTORY_HEADER = b"x-octogate-history"

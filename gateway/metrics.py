@@ -29,7 +29,16 @@ import shutil
 import tempfile
 import weakref
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # generate_latest writes the classic text format; Prometheus 3 refuses a bare "text/plain".

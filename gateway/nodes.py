@@ -10,13 +10,19 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from typing import Any
-
 from urllib.parse import urlsplit
 
-from adapters import Backend, UpstreamError, build_backend
-from function_calling.toolsets import ToolsetRegistry
-from gateway.errors import OpenAIError
-from gateway.graph import DEFAULT_OPENAI_API_BASE, BackendConfig, GraphConfig, NodeConfig, resolve_secret
+from octogate.adapters import build_backend
+from octogate.adapters.base import Backend
+from octogate.core.errors import OpenAIError, UpstreamError
+from octogate.core.graph import (
+    DEFAULT_OPENAI_API_BASE,
+    BackendConfig,
+    GraphConfig,
+    NodeConfig,
+    resolve_secret,
+)
+from octogate.router_model.toolsets import ToolsetRegistry
 
 _TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 

@@ -21,13 +21,20 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.graph import GraphConfig, RouteCacheConfig, RouterEngineConfig, resolve_secret
-from gateway.metrics import Metrics
-from gateway.nodes import Node, NodeTable
-from gateway.tracing import Tracing
-from router_model.engine import RouterEngine, RouterEngineError
-from router_model.protocol import RouterDecision, RouterGrammar, functional_token
-from router_model.sglang_engine import PROMPT_TEMPLATES, SGLangRouterEngine
+from octogate.core.graph import (
+    GraphConfig,
+    RouteCacheConfig,
+)
+from octogate.gateway.metrics import Metrics
+from octogate.gateway.nodes import Node, NodeTable
+from octogate.gateway.tracing import Tracing
+from octogate.router_model.engine import RouterEngineError
+from octogate.router_model.engine_factory import RoutingPoint, router_files_digest
+from octogate.router_model.protocol import (
+    RouterDecision,
+    RouterGrammar,
+    functional_token,
+)
 
 log = logging.getLogger("octogate.routing")
 
@@ -36,25 +43,15 @@ FALLBACK_HEADER = b"x-octogate-fallback"
 ROUTE_HEADER = b"x-octogate-route"  # the nodes passed through, when routing took more than one hop
 
 
-def _artifact(cfg: RouterEngineConfig | None) -> str | None:
-    """The digest of an embedded router's files (None for SGLang, or if they cannot be read)."""
-    if cfg is None or cfg.engine != "embedded":
-        return None
-    from router_model.artifact import artifact_digest
-    from router_model.embedded_engine import DEFAULT_ROUTER_DIR
-
-    return artifact_digest(cfg.path or DEFAULT_ROUTER_DIR)
-
-
 def graph_version(graph: GraphConfig) -> str:
     """A digest of everything a routing decision depends on: nodes, tokens, descriptions, router
     settings and, for embedded routers, the trained router itself."""
     parts = {
         "router": graph.router.model_dump(exclude={"cache", "timeout", "api_key"}) if graph.router else None,
-        "router_files": _artifact(graph.router),
+        "router_files": router_files_digest(graph.router),
         "nodes": [(n.name, n.token, n.description, n.reformat, n.neighbours,
                    n.router.model_dump(exclude={"timeout", "api_key"}) if n.router else None,
-                   _artifact(n.router)) for n in graph.nodes],
+                   router_files_digest(n.router)) for n in graph.nodes],
     }
     return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
@@ -206,34 +203,3 @@ class Router:
                 if decision is not None:
                     span.set_attribute("octogate.route.token", functional_token(decision.token))
         return decision, failure
-
-
-class RoutingPoint:
-    """A place where a routing decision is made: a router engine and the grammar of its choices."""
-
-    def __init__(self, name: str, grammar: RouterGrammar, cfg: RouterEngineConfig):
-        self.name = name
-        self.grammar = grammar
-        self.mode = cfg.mode
-        self.timeout = cfg.timeout
-        self.engine = make_engine(cfg, grammar)
-
-    @classmethod
-    def for_graph(cls, graph: GraphConfig) -> RoutingPoint:
-        """The graph's own router: its ``router:`` block, choosing among every node with a token."""
-        cfg = graph.router
-        assert cfg is not None
-        return cls(cfg.name, RouterGrammar.from_graph(graph), cfg)
-
-
-def make_engine(cfg: RouterEngineConfig, grammar: RouterGrammar) -> RouterEngine:
-    if cfg.engine == "embedded":
-        from router_model.embedded_engine import EmbeddedRouterEngine  # loads llama.cpp only when used
-
-        # An argument still being written at 90% of the deadline is dropped, so the choice beats the timeout.
-        return EmbeddedRouterEngine(grammar, router_path=cfg.path, mode=cfg.mode, n_threads=cfg.threads,
-                                    time_limit=0.9 * cfg.timeout, prior_correction=cfg.prior_correction)
-    base_url = resolve_secret(cfg.base_url) or cfg.base_url
-    # The deadline (asyncio.wait_for with cfg.timeout) decides; the engine's own HTTP timeout is a backstop.
-    return SGLangRouterEngine(base_url, grammar, mode=cfg.mode, timeout=cfg.timeout + 5,
-                              api_key=resolve_secret(cfg.api_key), prompt_template=PROMPT_TEMPLATES[cfg.prompt_template])

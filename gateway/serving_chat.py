@@ -21,16 +21,22 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from adapters import UpstreamError
-from gateway.auth import KeyChecker
-from gateway.conversations import (CONVERSATION_HEADER, HISTORY_HEADER, AnswerAssembler, Conversations, Turn,
-                                   answer_of, conversation_id)
-from gateway.errors import OpenAIError, from_validation_error
-from gateway.metrics import Metrics
-from gateway.nodes import Node, NodeTable
-from gateway.protocol import ChatCompletionRequest
-from gateway.routing import Router
-from gateway.tracing import Tracing
+from octogate.core.errors import OpenAIError, UpstreamError, from_validation_error
+from octogate.core.protocol import ChatCompletionRequest
+from octogate.gateway.auth import KeyChecker
+from octogate.gateway.conversations import (
+    CONVERSATION_HEADER,
+    HISTORY_HEADER,
+    AnswerAssembler,
+    Conversations,
+    Turn,
+    answer_of,
+    conversation_id,
+)
+from octogate.gateway.metrics import Metrics
+from octogate.gateway.nodes import Node, NodeTable
+from octogate.gateway.routing import Router
+from octogate.gateway.tracing import Tracing
 
 log = logging.getLogger("octogate")
 

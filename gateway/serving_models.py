@@ -10,9 +10,9 @@ import time
 import orjson
 from starlette.responses import Response
 
-from gateway.errors import OpenAIError
-from gateway.nodes import NodeTable
-from gateway.protocol import ModelCard, ModelList
+from octogate.core.errors import OpenAIError
+from octogate.core.protocol import ModelCard, ModelList
+from octogate.gateway.nodes import NodeTable
 
 
 class ModelsService:

@@ -69,7 +69,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from gateway.errors import OpenAIError
+from octogate.core.errors import OpenAIError
 
 log = logging.getLogger("octogate")
 
@@ -460,9 +460,13 @@ def _make_exporter(name: str) -> Any:
             return ConsoleSpanExporter(out=sys.stdout)  # today's stdout, not the one when the SDK was imported
         protocol = _OTLP_NAMES[name] or otlp_protocol()
         if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter,
+            )
         elif protocol == "http/protobuf":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter,
+            )
         else:
             log.warning("tracing: OTLP protocol %r is not supported (grpc, http/protobuf); no OTLP export", protocol)
             return None

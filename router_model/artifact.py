@@ -26,18 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from router_model.prior import PriorError, score_bias
+from octogate.core.llama_runtime import sha256_of
+from octogate.router_model.prior import PriorError, score_bias
 
 FORMAT = "octogate-router/1"
 MANIFEST, LORA_FILE, TOKENS_FILE = "router.json", "lora.gguf", "functional_tokens.npy"
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def artifact_digest(path: str | Path) -> str | None:

@@ -19,15 +19,14 @@ at a time; the event loop only awaits them.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from router_model.engine import RouterEngineError
-from router_model.protocol import (
+from octogate.core.llama_runtime import LlamaThread
+from octogate.router_model.engine import RouterEngineError
+from octogate.router_model.protocol import (
     MODES,
     Mode,
     RouterDecision,
@@ -36,7 +35,7 @@ from router_model.protocol import (
     functional_token,
     parse_router_output,
 )
-from router_model.token_selector import SelectorError, TokenSelector
+from octogate.router_model.token_selector import SelectorError, TokenSelector
 
 DEFAULT_ROUTER_DIR = Path(__file__).parent / "trained" / "octopus-v4-smollm2"
 
@@ -64,17 +63,17 @@ class EmbeddedRouterEngine:
         self.prior_correction = prior_correction
         self.selector = TokenSelector(self.router_path, base_model=base_model, n_threads=n_threads,
                                       extra_context=max_argument_tokens)
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: LlamaThread | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="octogate-router")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+        self._thread = LlamaThread("octogate-router")
+        await self._thread.run(self._load)
 
     async def aclose(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._thread is not None:
+            self._thread.shutdown()
+            self._thread = None
         self.selector.close()
 
     async def check_ready(self) -> str:
@@ -128,11 +127,11 @@ class EmbeddedRouterEngine:
             raise RouterEngineError(f"embedded router wrote an unparseable answer: {exc}") from None
 
     async def decide(self, query: str) -> RouterDecision:
-        if self._executor is None or self.selector.llm is None:
+        if self._thread is None or self.selector.llm is None:
             raise RouterEngineError("embedded router used before start()")
         try:
             deadline = time.monotonic() + self.time_limit if self.time_limit else None
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._decide, query, deadline)
+            return await self._thread.run(self._decide, query, deadline)
         except RouterEngineError:
             raise
         except Exception as exc:  # a llama.cpp failure is a routing failure: the gateway falls back

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from router_model.protocol import RouterDecision
+from octogate.router_model.protocol import RouterDecision
 
 
 class RouterEngineError(Exception):

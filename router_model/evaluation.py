@@ -1,90 +1,14 @@
-"""Routing data and its evaluation: what ``octogate router eval`` prints.
-
-Data lines are ``{"query": ..., "node": ..., "reformatted": optional}``. The MMLU files in
-``../shared/data/routing/`` convert to that form with ``convert_mmlu`` (``category`` is the node).
-"""
+"""Scoring a router on labelled queries: what ``octogate router eval`` prints (accuracy,
+per-node precision and recall, the costliest confusions, latency percentiles)."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
 
-import orjson
-
-from router_model.chat_form import chat_form
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Example:
-    query: str
-    node: str
-    reformatted: str | None = None
-    subject: str | None = None  # a finer label under ``node`` (MMLU's subject): an auxiliary training target
-
-
-def read_jsonl(path: str | Path, parse: Callable[[dict[str, Any]], T], what: str) -> list[T]:
-    """Each non-blank line of a JSONL file through ``parse``; a line that is not ``what`` names its number."""
-    out = []
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(parse(orjson.loads(line)))
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise ValueError(f"{path}:{n}: not {what}: {exc}") from None
-    return out
-
-
-def read_examples(path: str | Path) -> list[Example]:
-    """Routing examples from a JSONL file; a line that is not one names its line number."""
-    def parse(row: dict[str, Any]) -> Example:
-        subject = row.get("subject")
-        return Example(str(row["query"]), str(row["node"]), row.get("reformatted"),
-                       None if subject is None else str(subject))
-
-    return read_jsonl(path, parse, 'a routing example ({"query", "node"})')
-
-
-def held_out(question_id: str, percent: int = 10) -> bool:
-    """Whether a question falls in the held-out share: by a hash of its id, so the split is stable."""
-    return int(hashlib.sha1(question_id.encode()).hexdigest(), 16) % 100 < percent
-
-
-CHOICES = ("omit", "append", "both")
-
-
-def with_choices(row: dict[str, Any]) -> str:
-    """The question as a user would paste it: followed by its lettered answer choices."""
-    return "\n".join([row["question"], *(f"{letter}. {choice}" for letter, choice in zip("ABCD", row["choices"]))])
-
-
-def convert_mmlu(rows: Iterable[dict[str, Any]], choices: str = "omit", chat: bool = False
-                 ) -> Iterator[dict[str, str]]:
-    """MMLU rows (``question``, ``choices``, ``category``) as routing examples.
-
-    ``choices``: ``omit`` writes the question alone, ``append`` the question followed by its
-    answer choices, ``both`` one example of each (training data: the choices often carry the
-    subject when the question does not, and the plain form keeps short queries covered).
-    ``chat``: one more example per question, its short chat-style form (``chat_form``).
-    A row's ``subject`` is kept: training can use it as an auxiliary target (``subject_weight``)."""
-    if choices not in CHOICES:
-        raise ValueError(f"choices must be one of {', '.join(CHOICES)}, not {choices!r}")
-    for row in rows:
-        labels = {"node": row["category"], **({"subject": row["subject"]} if "subject" in row else {})}
-        if choices != "append":
-            yield {"query": row["question"], **labels}
-        if choices != "omit":
-            yield {"query": with_choices(row), **labels}
-        if chat:
-            yield {"query": chat_form(row["question"]), **labels}
+from octogate.router_model.training.data import Example
 
 
 @dataclass

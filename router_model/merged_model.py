@@ -22,8 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.model_weights import LEGACY_QUANTS, cache_dir, derived_file, rewrite_gguf
-from router_model.artifact import RouterArtifact, sha256_of
+from octogate.core.llama_runtime import (
+    LEGACY_QUANTS,
+    cache_dir,
+    derived_file,
+    rewrite_gguf,
+    sha256_of,
+)
+from octogate.router_model.artifact import RouterArtifact
 
 
 def merged_model_path(artifact: RouterArtifact, base: Path) -> Path:

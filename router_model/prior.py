@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,19 +87,3 @@ def score_bias(block: Mapping[str, Any] | None, nodes: list[str]) -> np.ndarray:
         out.append(-tau * math.log(share))  # + tau * log(1/K), the same for every node: left out
     bias = np.array(out, np.float32)
     return bias - bias.mean() if len(bias) else bias
-
-
-def set_prior(router: str | Path, labels: Iterable[str] | None, *, target: str = "uniform", tau: float = 1.0,
-              data: str | None = None):
-    """Write (or, with ``tau == 0``, remove) the prior correction of the router at ``router``, from
-    the node ``labels`` of its training data; returns the reloaded artifact."""
-    from router_model.artifact import load_router, write_manifest
-
-    artifact = load_router(router)
-    manifest = {k: v for k, v in artifact.manifest.items() if k != "prior"}
-    if tau != 0:
-        if labels is None:
-            raise PriorError("a prior correction needs the router's training data")
-        manifest["prior"] = prior_block(train_shares(artifact.tokens.values(), labels), target=target, tau=tau, data=data)
-    write_manifest(router, manifest)
-    return load_router(router)

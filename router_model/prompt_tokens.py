@@ -13,7 +13,7 @@ says what it is about; the cap bounds a decision's cost).
 
 from __future__ import annotations
 
-from router_model.protocol import ROUTER_SYSTEM_PROMPT
+from octogate.router_model.protocol import ROUTER_SYSTEM_PROMPT
 
 # ChatML, SmolLM2-Instruct's own template, split where the query goes.
 PREFIX = f"<|im_start|>system\n{ROUTER_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"

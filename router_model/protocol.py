@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from gateway.graph import GraphConfig
+    from octogate.core.graph import GraphConfig
 
 Mode = Literal["select", "select+reformat"]
 MODES: tuple[Mode, ...] = ("select", "select+reformat")

@@ -38,8 +38,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from router_model.engine import RouterEngineError
-from router_model.protocol import (
+from octogate.router_model.engine import RouterEngineError
+from octogate.router_model.protocol import (
     MODES,
     Mode,
     RouterDecision,

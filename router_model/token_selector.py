@@ -24,9 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from router_model.artifact import RouterArtifact, RouterArtifactError, load_router, sha256_of
-from router_model.merged_model import merged_model_path
-from router_model.prompt_tokens import RouterPromptTokens
+from octogate.core.llama_runtime import sha256_of
+from octogate.router_model.artifact import (
+    RouterArtifact,
+    RouterArtifactError,
+    load_router,
+)
+from octogate.router_model.merged_model import merged_model_path
+from octogate.router_model.prompt_tokens import RouterPromptTokens
 
 
 class SelectorError(Exception):
@@ -48,7 +53,7 @@ class TokenSelector:
         """Blocking. ``wanted`` (token -> label) must match what the artifact was trained on."""
         import llama_cpp
 
-        from adapters.embedded import bundled_gguf_path
+        from octogate.core.llama_runtime import bundled_gguf_path
 
         try:
             artifact = load_router(self.path)

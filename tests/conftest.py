@@ -18,7 +18,7 @@ from tests.loopback import free_port
 from tests.upstream import ScriptedUpstream
 
 REPO = Path(__file__).resolve().parent.parent
-OCTOGATE = [sys.executable, "-m", "gateway.cli"]
+OCTOGATE = [sys.executable, "-m", "octogate.gateway.cli"]
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
 import orjson
 
-from router_model.chat_form import MAX_WORDS, chat_form
-from tests.test_router_eval import SHARED
+from octogate.router_model.training.chat_form import MAX_WORDS, chat_form
+from tests.test_router_eval import DATA
 
 
 def test_exam_scaffolding_becomes_a_plain_question():
@@ -29,9 +29,9 @@ def test_a_long_question_keeps_its_first_sentence_cut_to_the_word_limit():
     assert chat_form("Dr. " + " ".join(["x"] * 30)).split()[:2] == ["dr.", "x"]
 
 
-def test_every_shared_question_gets_a_short_reproducible_form():
+def test_every_kept_question_gets_a_short_reproducible_form():
     for name in ("mmlu_train.jsonl", "mmlu_dev.jsonl"):
-        for line in (SHARED / name).read_bytes().splitlines():
+        for line in (DATA / name).read_bytes().splitlines():
             question = orjson.loads(line)["question"]
             form = chat_form(question)
             assert form.strip() and len(form.split()) <= MAX_WORDS, (question, form)

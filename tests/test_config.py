@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.graph import ConfigError, load_graph
+from octogate.core.graph import ConfigError, load_graph
 
 REPO = Path(__file__).resolve().parent.parent
 CATEGORIES = ["physics", "chemistry", "biology", "computer_science", "math", "electrical_engineering", "history",
@@ -17,7 +17,7 @@ CATEGORIES = ["physics", "chemistry", "biology", "computer_science", "math", "el
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(path)],
+    return subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "check-config", str(path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
@@ -100,7 +100,7 @@ def test_check_config_exits_1_with_the_problem(tmp_path):
 def test_serve_refuses_a_bad_config_before_starting(tmp_path):
     path = tmp_path / "graph.yaml"
     path.write_text("nodes: []\n")
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--port", "1"],
+    result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "serve", "--config", str(path), "--port", "1"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "at least 1 item" in result.stderr
@@ -111,7 +111,7 @@ def test_serve_reads_the_config_named_by_OCTOGATE_CONFIG(tmp_path):
 
     path = tmp_path / "from-env.yaml"
     path.write_text("nodes:\n  - name: a\n    backend: nowhere\n")
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--port", "1"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "serve", "--port", "1"], cwd=REPO,
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "OCTOGATE_CONFIG": str(path)})
     assert result.returncode == 1

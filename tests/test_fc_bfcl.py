@@ -1,18 +1,25 @@
-"""BFCL cases: reading the shared data, converting its schema dialect, and scoring under BFCL's rules."""
+"""BFCL cases: reading the data kept in the repository, converting its schema dialect, and scoring under BFCL's rules."""
 
 from __future__ import annotations
 
 import jsonschema
 import pytest
 
-from function_calling.bfcl import Case, read_cases, score, to_json_schema, to_openai_tools, value_matches
+from octogate.adapters.tool_calling.evaluation.bfcl import (
+    Case,
+    read_cases,
+    score,
+    to_json_schema,
+    to_openai_tools,
+    value_matches,
+)
 from tests.conftest import REPO
 
-SHARED = REPO.parent / "shared" / "data" / "function_calling"
+DATA = REPO / "data" / "function_calling"
 
 
-def test_every_shared_case_converts_to_valid_openai_tools():
-    cases = read_cases(SHARED / "bfcl_simple.jsonl") + read_cases(SHARED / "bfcl_multiple.jsonl")
+def test_every_kept_case_converts_to_valid_openai_tools():
+    cases = read_cases(DATA / "bfcl_simple.jsonl") + read_cases(DATA / "bfcl_multiple.jsonl")
     assert len(cases) == 600
     for case in cases:
         for tool in to_openai_tools(case.functions):

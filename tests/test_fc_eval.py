@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO, default_graph_gateway
 
-SHARED = REPO.parent / "shared" / "data" / "function_calling"
+DATA = REPO / "data" / "function_calling"
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def gateway(tmp_path_factory):
 
 def test_fc_eval_prints_both_modes_on_bfcl_cases(gateway):
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "fc", "eval", "--data", str(SHARED / "bfcl_multiple.jsonl"),
+        [sys.executable, "-m", "octogate.gateway.cli", "fc", "eval", "--data", str(DATA / "bfcl_multiple.jsonl"),
          "--limit", "3", "--base-url", f"{gateway.url}/v1", "--max-tokens", "96"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -39,7 +39,7 @@ def test_fc_eval_prints_both_modes_on_bfcl_cases(gateway):
 
 def test_fc_eval_compares_a_registered_toolset_with_the_general_path(gateway):
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "fc", "eval", "--data", str(REPO / "config" / "toolsets" / "assistant.test.jsonl"),
+        [sys.executable, "-m", "octogate.gateway.cli", "fc", "eval", "--data", str(REPO / "config" / "toolsets" / "assistant.test.jsonl"),
          "--limit", "3", "--base-url", f"{gateway.url}/v1", "--max-tokens", "96", "--mode", "toolset",
          "--mode", "constrained"],
         cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.history import (
+from octogate.gateway.history import (
     ConversationStore,
     HistoryLimits,
     HistoryUnavailable,

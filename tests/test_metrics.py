@@ -11,8 +11,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import (CONTENT_TYPE, LLM_BUCKETS, MULTIPROC_ENV, OTHER_MODEL, ROUTE_BUCKETS,
-                             UNRESOLVED_MODEL_LABELS, Metrics, mark_worker_dead, prepare_multiprocess_dir)
+from octogate.gateway.metrics import (
+    CONTENT_TYPE,
+    LLM_BUCKETS,
+    MULTIPROC_ENV,
+    OTHER_MODEL,
+    ROUTE_BUCKETS,
+    UNRESOLVED_MODEL_LABELS,
+    Metrics,
+    mark_worker_dead,
+    prepare_multiprocess_dir,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 INF = float("inf")
@@ -200,7 +209,7 @@ def test_a_named_directory_is_created(env, tmp_path):
 # Worker i: 2 + i requests start, 2 finish, so i stay in flight; the rest is the same in every worker.
 WORKER = """
 import sys
-from gateway.metrics import Metrics
+from octogate.gateway.metrics import Metrics
 i = int(sys.argv[1])
 m = Metrics()
 for _ in range(2 + i):
@@ -220,7 +229,7 @@ sys.stdin.readline()
 
 RENDER = """
 import sys
-from gateway.metrics import Metrics
+from octogate.gateway.metrics import Metrics
 body, content_type = Metrics().render()
 sys.stdout.write(content_type + "\\n" + body.decode())
 """

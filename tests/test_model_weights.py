@@ -6,9 +6,9 @@ import gguf
 import numpy as np
 from llama_cpp import Llama
 
-from adapters.embedded import bundled_gguf_path, shared_model
-from adapters.model_weights import q8_0_model_path
-from gateway.graph import BackendConfig
+from octogate.adapters.embedded import shared_model
+from octogate.core.graph import BackendConfig
+from octogate.core.llama_runtime import bundled_gguf_path, q8_0_model_path
 
 
 def test_the_copy_re_encodes_every_4_bit_matrix_once_and_answers_like_the_original(tmp_path, monkeypatch):

@@ -303,7 +303,7 @@ def test_api_keys(upstream, gateway_factory):
 
 
 def test_malformed_stream_usage_is_ignored_not_raised():
-    from gateway.serving_chat import StreamOutcome, _count_usage
+    from octogate.gateway.serving_chat import StreamOutcome, _count_usage
 
     outcome = StreamOutcome()
     _count_usage(b'{"choices": [], "usage": {"prompt_tokens": "many", "completion_tokens": 3}}', outcome)

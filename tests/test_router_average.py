@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from router_model.artifact import save_router
-from router_model.averaging import average_lora, average_routers
+from octogate.router_model.artifact import save_router
+from octogate.router_model.training.averaging import average_lora, average_routers
 from tests.conftest import REPO
 
 
@@ -48,7 +48,7 @@ def write_router(path, nodes: dict[int, str], *, seed: int = 0, query_cap: int =
 
 
 def average(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "router", "average", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "average", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
@@ -58,7 +58,7 @@ def test_average_writes_a_router_with_the_mean_rows(tmp_path):
     result = average(one.path, two.path, "--out", tmp_path / "soup")
     assert result.returncode == 0, result.stderr
     assert "average of 2 routers" in result.stdout and "LoRA rank 4" in result.stdout
-    from router_model.artifact import load_router
+    from octogate.router_model.artifact import load_router
 
     soup = load_router(tmp_path / "soup")
     np.testing.assert_allclose(soup.rows, (one.rows + two.rows) / 2, rtol=1e-6)

@@ -8,11 +8,18 @@ import shutil
 import httpx
 import pytest
 
-from gateway.graph import load_graph
-from router_model.artifact import load_router
-from router_model.embedded_engine import DEFAULT_ROUTER_DIR, EmbeddedRouterEngine
-from router_model.engine import RouterEngineError
-from router_model.protocol import RouterGrammar, parse_router_output, format_router_output
+from octogate.core.graph import load_graph
+from octogate.router_model.artifact import load_router
+from octogate.router_model.embedded_engine import (
+    DEFAULT_ROUTER_DIR,
+    EmbeddedRouterEngine,
+)
+from octogate.router_model.engine import RouterEngineError
+from octogate.router_model.protocol import (
+    RouterGrammar,
+    format_router_output,
+    parse_router_output,
+)
 from tests.conftest import REPO, start_gateway
 
 DEFAULT_GRAPH = REPO / "config" / "default.yaml"

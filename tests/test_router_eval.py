@@ -9,12 +9,13 @@ import sys
 import orjson
 import yaml
 
-from router_model.chat_form import chat_form
-from router_model.evaluation import Example, evaluate, held_out, read_examples
+from octogate.router_model.evaluation import evaluate
+from octogate.router_model.training.chat_form import chat_form
+from octogate.router_model.training.data import Example, held_out, read_examples
 from tests.conftest import REPO
 from tests.sglang_server import SGLangDouble
 
-SHARED = REPO.parent / "shared" / "data" / "routing"
+DATA = REPO / "data" / "routing"
 
 
 def test_report_figures_on_known_decisions():
@@ -36,26 +37,26 @@ def test_report_figures_on_known_decisions():
     assert len(report.latencies) == 5 and report.percentile(50) >= 0
 
 
-def test_convert_mmlu_from_the_shared_data(tmp_path):
+def test_convert_mmlu_from_the_kept_data(tmp_path):
     out = tmp_path / "dev.jsonl"
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "convert-mmlu",
-                             str(SHARED / "mmlu_dev.jsonl"), "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "convert-mmlu",
+                             str(DATA / "mmlu_dev.jsonl"), "--out", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     examples = read_examples(out)
     assert len(examples) == 285
-    first = orjson.loads((SHARED / "mmlu_dev.jsonl").read_bytes().splitlines()[0])
+    first = orjson.loads((DATA / "mmlu_dev.jsonl").read_bytes().splitlines()[0])
     assert examples[0] == Example(first["question"], first["category"], subject=first["subject"])
 
 
 def test_convert_mmlu_with_answer_choices_and_a_held_out_split(tmp_path):
     out, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "convert-mmlu",
-                             str(SHARED / "mmlu_dev.jsonl"), "--out", str(out), "--choices", "both",
+    result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "convert-mmlu",
+                             str(DATA / "mmlu_dev.jsonl"), "--out", str(out), "--choices", "both",
                              "--holdout-out", str(held), "--holdout-percent", "20"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    rows = [orjson.loads(line) for line in (SHARED / "mmlu_dev.jsonl").read_bytes().splitlines()]
+    rows = [orjson.loads(line) for line in (DATA / "mmlu_dev.jsonl").read_bytes().splitlines()]
     kept, held_rows = [r for r in rows if not held_out(r["id"], 20)], [r for r in rows if held_out(r["id"], 20)]
     assert kept and held_rows
     train = read_examples(out)
@@ -68,19 +69,19 @@ def test_convert_mmlu_with_answer_choices_and_a_held_out_split(tmp_path):
                                    for r in held_rows]  # held out: plain
     assert f"{len(train)} examples ({len(kept)} questions)" in " ".join(result.stdout.split())
 
-    bad = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "convert-mmlu",
-                          str(SHARED / "mmlu_dev.jsonl"), "--out", str(out), "--choices", "some"],
+    bad = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "convert-mmlu",
+                          str(DATA / "mmlu_dev.jsonl"), "--out", str(out), "--choices", "some"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "some" in bad.stderr
 
 
 def test_convert_mmlu_adds_the_chat_form_of_each_question(tmp_path):
     out = tmp_path / "train.jsonl"
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "convert-mmlu",
-                             str(SHARED / "mmlu_dev.jsonl"), "--out", str(out), "--chat-form"],
+    result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "convert-mmlu",
+                             str(DATA / "mmlu_dev.jsonl"), "--out", str(out), "--chat-form"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    rows = [orjson.loads(line) for line in (SHARED / "mmlu_dev.jsonl").read_bytes().splitlines()]
+    rows = [orjson.loads(line) for line in (DATA / "mmlu_dev.jsonl").read_bytes().splitlines()]
     expected = [Example(q, r["category"], subject=r["subject"])
                 for r in rows for q in (r["question"], chat_form(r["question"]))]
     assert read_examples(out) == expected
@@ -98,7 +99,7 @@ def test_eval_cli_against_an_sglang_router(tmp_path):
         data = tmp_path / "data.jsonl"
         data.write_bytes(b"".join(orjson.dumps({"query": f"q{i}", "node": n}) + b"\n"
                                   for i, n in enumerate(["math", "math", "math", "physics"])))
-        result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "eval", "--config", str(graph),
+        result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "eval", "--config", str(graph),
                                  "--data", str(data)], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "4 examples: top-1 accuracy 75.0% (3 right, 0 without a decision)" in result.stdout
@@ -115,6 +116,6 @@ def test_eval_needs_a_router(tmp_path):
     graph.write_text("nodes:\n  - {name: a, backend: {model: openai/x}}\n")
     data = tmp_path / "d.jsonl"
     data.write_text('{"query": "x", "node": "a"}\n')
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "eval", "--config", str(graph),
+    result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "eval", "--config", str(graph),
                              "--data", str(data)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "no router" in result.stderr

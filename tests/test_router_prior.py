@@ -15,13 +15,21 @@ import numpy as np
 import orjson
 import pytest
 
-from gateway.graph import load_graph, parse_graph
-from gateway.routing import graph_version
-from router_model.artifact import RouterArtifactError, load_router
-from router_model.averaging import average_routers
-from router_model.embedded_engine import DEFAULT_ROUTER_DIR, EmbeddedRouterEngine
-from router_model.prior import PriorError, prior_block, score_bias, train_shares
-from router_model.protocol import RouterGrammar
+from octogate.core.graph import load_graph, parse_graph
+from octogate.gateway.routing import graph_version
+from octogate.router_model.artifact import RouterArtifactError, load_router
+from octogate.router_model.embedded_engine import (
+    DEFAULT_ROUTER_DIR,
+    EmbeddedRouterEngine,
+)
+from octogate.router_model.prior import (
+    PriorError,
+    prior_block,
+    score_bias,
+    train_shares,
+)
+from octogate.router_model.protocol import RouterGrammar
+from octogate.router_model.training.averaging import average_routers
 from tests.conftest import REPO
 from tests.test_router_average import write_router
 from tests.test_router_embedded import CLEAR, DEFAULT_GRAPH
@@ -30,7 +38,7 @@ NODES = ["math", "law", "health"]
 
 
 def prior_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "router", "prior", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "prior", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
@@ -113,7 +121,7 @@ def test_an_average_keeps_a_prior_only_when_every_part_has_the_same(tmp_path):
         assert prior_cli(part, "--data", data).returncode == 0
     assert average_routers(parts[:2], tmp_path / "same").manifest["prior"]["train_share"]["math"] == 0.5
     assert "prior" not in average_routers(parts, tmp_path / "mixed").manifest
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "average", *map(str, parts),
+    result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "average", *map(str, parts),
                              "--out", str(tmp_path / "mixed-cli")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "prior corrections differ, so the average has none" in " ".join(result.stdout.split())
@@ -170,7 +178,7 @@ def test_router_eval_says_whether_the_correction_was_applied(tmp_path):
     data.write_bytes(b"".join(orjson.dumps({"query": q, "node": n}) + b"\n" for q, n in list(CLEAR.items())[:2]))
 
     def run(*extra) -> str:
-        result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "eval", "--data", str(data), *extra],
+        result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "eval", "--data", str(data), *extra],
                                 cwd=REPO, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         return " ".join(result.stdout.split())

@@ -17,8 +17,8 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.graph import load_graph, parse_graph
-from router_model.protocol import (
+from octogate.core.graph import load_graph, parse_graph
+from octogate.router_model.protocol import (
     _ESCAPE_TABLE,
     _RAW_CLASS,
     _RAW_RANGES,
@@ -247,7 +247,7 @@ class _LlamaGrammarChecker:
     def __init__(self) -> None:
         import llama_cpp as L
 
-        from adapters.embedded import bundled_gguf_path
+        from octogate.core.llama_runtime import bundled_gguf_path
 
         self.L = L
         L.llama_backend_init()

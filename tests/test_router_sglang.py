@@ -12,13 +12,23 @@ import time
 
 import pytest
 
-from gateway.graph import load_graph
-from router_model.engine import RouterEngineError
-from router_model.protocol import RouterDecision, RouterGrammar, RouterOutputError, format_router_output, router_messages
-from router_model.sglang_engine import SGLangRouterEngine, chatml_prompt, sglang_launch_command
+from octogate.core.graph import load_graph
+from octogate.router_model.engine import RouterEngineError
+from octogate.router_model.protocol import (
+    RouterDecision,
+    RouterGrammar,
+    RouterOutputError,
+    format_router_output,
+    router_messages,
+)
+from octogate.router_model.sglang_engine import (
+    SGLangRouterEngine,
+    chatml_prompt,
+    sglang_launch_command,
+)
 from tests.conftest import REPO
-from tests.sglang_server import MODEL_PATH, SGLangDouble
 from tests.loopback import free_port
+from tests.sglang_server import MODEL_PATH, SGLangDouble
 
 GRAMMAR = RouterGrammar.from_graph(load_graph(REPO / "config" / "default.yaml"))
 QUERY = "What is the derivative of x^2? It's for my \"calculus\" class.\nThanks <3"

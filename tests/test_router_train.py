@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from adapters.embedded import bundled_gguf_path
-from router_model.artifact import load_router
-from router_model.embedded_engine import EmbeddedRouterEngine
-from router_model.prompt_tokens import RouterPromptTokens
-from router_model.protocol import RouterGrammar
-from router_model.torch_llama import Llama, read_gguf
+from octogate.core.llama_runtime import bundled_gguf_path
+from octogate.router_model.artifact import load_router
+from octogate.router_model.embedded_engine import EmbeddedRouterEngine
+from octogate.router_model.prompt_tokens import RouterPromptTokens
+from octogate.router_model.protocol import RouterGrammar
+from octogate.router_model.training.torch_llama import Llama, read_gguf
 from tests.conftest import REPO
 
 NODES = {"math": 4, "law": 8, "health": 15}
@@ -50,7 +50,7 @@ def trained(tmp_path_factory):
     data = tmp / "data.jsonl"
     data.write_bytes(b"".join(orjson.dumps({"query": q, "node": n}) + b"\n" for q, n in EXAMPLES))
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache")}
-    argv = [sys.executable, "-m", "gateway.cli", *TRAIN, "--config", str(graph), "--data", str(data),
+    argv = [sys.executable, "-m", "octogate.gateway.cli", *TRAIN, "--config", str(graph), "--data", str(data),
             "--out", str(tmp / "out")]
     # A budget this small stops after the first step, with a checkpoint and a usable router.
     first = subprocess.run([*argv, "--time-budget", "0.00001"], cwd=REPO, capture_output=True, text=True,
@@ -142,8 +142,8 @@ def test_an_averaged_router_is_served_as_torch_computes_it(trained, tmp_path, mo
     torch computes it, and its scores are neither router's."""
     from rich.console import Console
 
-    from router_model.evaluation import Example
-    from router_model.training import TrainSettings, train_router
+    from octogate.router_model.training.data import Example
+    from octogate.router_model.training.trainer import TrainSettings, train_router
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = load_router(trained[0] / "out")
@@ -153,7 +153,7 @@ def test_an_averaged_router_is_served_as_torch_computes_it(trained, tmp_path, mo
                                        out=tmp_path / "second", settings=settings, data_name="reversed",
                                        console=Console(file=io.StringIO()))
     assert complete
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "average", str(first.path),
+    result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "average", str(first.path),
                              str(second.path), "--out", str(tmp_path / "soup")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -170,7 +170,7 @@ def test_an_averaged_router_is_served_as_torch_computes_it(trained, tmp_path, mo
 def test_data_naming_an_unknown_node_is_an_error(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"query": "hi", "node": "astrology"}\n')
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "train", "--data", str(data),
+    result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "train", "--data", str(data),
                              "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "astrology" in result.stderr and "Traceback" not in result.stderr
@@ -184,7 +184,7 @@ SUBJECTS = {"What is 17 times 23?": "arithmetic", "Solve x^2 - 5x + 6 = 0.": "al
 def small_trainer(subject_weight: float):
     import llama_cpp
 
-    from router_model.training import RouterTrainer, TrainSettings
+    from octogate.router_model.training.trainer import RouterTrainer, TrainSettings
 
     vocab = llama_cpp.Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
     settings = TrainSettings(lora_layers=2, max_query_tokens=24, batch_size=6, epochs=4, lr=0.02, token_lr=0.05,
@@ -195,7 +195,7 @@ def small_trainer(subject_weight: float):
 def test_subjects_as_an_auxiliary_target_are_learned_and_resume(tmp_path):
     """With subject_weight, the trainer learns a row per subject beside the graph's tokens (the
     subject loss falls), keeps them in its checkpoint to resume, and refuses data without them."""
-    from router_model.evaluation import Example
+    from octogate.router_model.training.data import Example
 
     examples = [Example(q, "math", subject=s) for q, s in SUBJECTS.items()]
     examples += [Example(q, n) for q, n in EXAMPLES if n != "math"]

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import redis
 
-from tests.sglang_server import SGLangDouble
 from tests.loopback import free_port
+from tests.sglang_server import SGLangDouble
 
 QUERY = "What is the derivative of x^3 at x = 2?"
 CACHE_PREFIX_REDIS = "octogate:route:"
@@ -139,7 +139,7 @@ def test_route_metrics(gw, sglang):
 
 
 def test_a_bad_router_config_is_a_readable_error(tmp_path):
-    from gateway.graph import ConfigError, parse_graph
+    from octogate.core.graph import ConfigError, parse_graph
 
     graph = {"router": {"engine": "sglang", "base_url": "http://x", "fallback": "nowhere"},
              "nodes": [{"name": "a", "token": 0, "backend": {"model": "openai/x"}}]}
@@ -159,7 +159,7 @@ def test_sglang_command_prints_the_launch_line(tmp_path):
     graph.write_text(yaml.safe_dump({
         "router": {"engine": "sglang", "base_url": "http://router:31000", "fallback": "a"},
         "nodes": [{"name": "a", "token": 0, "backend": {"model": "openai/x"}}]}))
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "sglang-command", "--config", str(graph),
+    out = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "router", "sglang-command", "--config", str(graph),
                           "--model-path", "/models/octopus-router"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ("python -m sglang.launch_server --model-path /models/octopus-router "
@@ -217,7 +217,7 @@ def test_a_failing_hop_router_falls_back(upstream, sglang, sglang_b, gateway_fac
 
 
 def test_hop_config_errors_are_readable():
-    from gateway.graph import ConfigError, parse_graph
+    from octogate.core.graph import ConfigError, parse_graph
 
     base = {"nodes": [{"name": "a", "token": 0, "backend": {"model": "openai/x"},
                        "router": {"engine": "sglang", "base_url": "http://r"}, "neighbours": ["zz"]}]}
@@ -234,7 +234,7 @@ def test_hop_config_errors_are_readable():
     ({"engine": "sglang", "base_url": "http://r", "prompt_template": "llama3"}, "router.prompt_template"),
 ])
 def test_router_engine_settings_are_checked(router, problem):
-    from gateway.graph import ConfigError, parse_graph
+    from octogate.core.graph import ConfigError, parse_graph
 
     graph = {"router": router, "nodes": [{"name": "general", "token": 0, "backend": {"model": "openai/x"}}]}
     with pytest.raises(ConfigError, match=re.escape(problem)):

@@ -17,13 +17,13 @@ import pytest
 import yaml
 from aiohttp import web
 
-from adapters import build_backend
-from adapters.embedded import EmbeddedBackend
-from adapters.litellm_backend import LiteLLMBackend
-from adapters.openai_compat import OpenAICompatibleBackend
-from adapters.structured_tool_calls import StructuredToolCalls
-from gateway.graph import ConfigError, parse_graph
-from tests.conftest import streamed_tool_calls, start_gateway
+from octogate.adapters import build_backend
+from octogate.adapters.embedded import EmbeddedBackend
+from octogate.adapters.litellm_backend import LiteLLMBackend
+from octogate.adapters.openai_compat import OpenAICompatibleBackend
+from octogate.adapters.tool_calling.structured import StructuredToolCalls
+from octogate.core.graph import ConfigError, parse_graph
+from tests.conftest import start_gateway, streamed_tool_calls
 from tests.loopback import LoopbackServer
 
 WEATHER = {"type": "function", "function": {
@@ -417,7 +417,7 @@ def real_remote(tmp_path_factory):
         {"name": "remote-smollm", "persona": "You are a helpful assistant.", "backend": {
             "model": f"openai/{EMBEDDED_MODEL}", "api_base": f"{server.url}/v1", "timeout": 120,
             "tool_calls": "octogate"}}]}))
-    gateway = start_gateway(d / "gateway.yaml", d / "gateway.log")
+    gateway = start_gateway(d / "gateway.yaml", d / "octogate.gateway.log")
     yield gateway
     gateway.stop()
     server.stop()

@@ -9,9 +9,11 @@ import jsonschema
 import openai
 import pytest
 
-from adapters.base import UpstreamError
-from adapters.json_schema import grammar_view, normalise, validation_error
-from adapters.tool_calls import ToolPlan, call_grammar_text, parse_calls, plan_tools
+from octogate.adapters.tool_calling.grammar import call_grammar_text, grammar_view
+from octogate.adapters.tool_calling.parsing import parse_calls
+from octogate.core.errors import UpstreamError
+from octogate.core.json_schema import normalise, validation_error
+from octogate.core.tool_plan import ToolPlan, plan_tools
 from tests.conftest import default_graph_gateway, streamed_tool_calls
 
 WEATHER = {"type": "function", "function": {
@@ -130,8 +132,9 @@ def test_a_chosen_function_opens_the_call():
 def test_the_function_is_chosen_by_scoring_every_offered_name():
     from llama_cpp import Llama
 
-    from adapters.embedded import bundled_gguf_path
-    from adapters.tool_calls import choose_function, tools_system_text
+    from octogate.adapters.tool_calling.decoding import choose_function
+    from octogate.adapters.tool_calling.prompt import tools_system_text
+    from octogate.core.llama_runtime import bundled_gguf_path
 
     def area(shape, of):
         return {"type": "function", "function": {"name": f"{shape}_area", "description": f"Area of a {shape} given {of}",

@@ -10,10 +10,16 @@ import openai
 import pytest
 import yaml
 
-from function_calling.toolsets import NO_CALL, TOOLSET_PREFIX, Toolset, ToolsetError
-from adapters.tool_calls import plan_tools
-from gateway.graph import ConfigError, load_graph
-from router_model.artifact import load_router
+from octogate.core.graph import ConfigError, load_graph
+from octogate.core.tool_plan import plan_tools
+from octogate.router_model.artifact import load_router
+from octogate.router_model.toolsets import (
+    NO_CALL,
+    TOOLSET_PREFIX,
+    Toolset,
+    ToolsetError,
+)
+from octogate.router_model.training.data import read_toolset_examples
 from tests.conftest import OCTOGATE, REPO, default_graph_gateway
 
 ASSISTANT = json.loads((REPO / "config" / "toolsets" / "assistant.json").read_text())
@@ -72,12 +78,12 @@ def test_examples_name_functions_of_the_toolset(tmp_path):
     toolset = _toolset()
     data = tmp_path / "ex.jsonl"
     data.write_text('{"query": "hi", "function": null}\n{"query": "rain?", "function": "get_weather"}\n')
-    assert [e.node for e in toolset.read_examples(data)] == [NO_CALL, "get_weather"]
+    assert [e.node for e in read_toolset_examples(toolset, data)] == [NO_CALL, "get_weather"]
     data.write_text('{"query": "hi", "function": null}\n{"query": "fly", "function": "book_flight"}\n')
     with pytest.raises(ValueError, match=r"ex\.jsonl:2: .*book_flight"):
-        toolset.read_examples(data)
+        read_toolset_examples(toolset, data)
     # fc eval's BFCL cases serve as examples too
-    cases = toolset.read_examples(REPO / "config" / "toolsets" / "assistant.test.jsonl")
+    cases = read_toolset_examples(toolset, REPO / "config" / "toolsets" / "assistant.test.jsonl")
     assert {e.node for e in cases} == {*BY_NAME, NO_CALL}
 
 

@@ -16,8 +16,14 @@ import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from adapters import UpstreamError
-from gateway.tracing import CONTENT_ENV, FIRST_TOKEN_EVENT, Tracing, input_messages, wanted_exporters
+from octogate.core.errors import UpstreamError
+from octogate.gateway.tracing import (
+    CONTENT_ENV,
+    FIRST_TOKEN_EVENT,
+    Tracing,
+    input_messages,
+    wanted_exporters,
+)
 from tests.otlp_receiver import OTLPReceiver, ReceivedSpan
 
 CHAT = "/v1/chat/completions"

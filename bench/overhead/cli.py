@@ -26,7 +26,14 @@ from . import __doc__ as BENCHMARK_DOC
 from .canned_upstream import Upstream
 from .cpu_layout import choose_layout
 from .loopback_http import auth_key, set_auth_key
-from .measurement import CONCURRENCIES, Cell, measure, median_cell, scenario_target, warm_up
+from .measurement import (
+    CONCURRENCIES,
+    Cell,
+    measure,
+    median_cell,
+    scenario_target,
+    warm_up,
+)
 from .paths import REPO, RESULTS_DIR
 from .report import print_report
 from .subprocesses import install_cleanup, stop_all

@@ -96,7 +96,7 @@ def _octogate_cmd() -> tuple[list[str], str]:
     exe = venv_bin("octogate")
     if exe:
         return [exe], "octogate console script"
-    return [sys.executable, "-m", "gateway.cli"], "python -m gateway.cli (package not pip-installed)"
+    return [sys.executable, "-m", "octogate.gateway.cli"], "python -m gateway.cli (package not pip-installed)"
 
 
 def start_octogate(up: Upstream, tmp: Path, layout: Layout, args: argparse.Namespace) -> Running:

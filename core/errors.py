@@ -1,22 +1,16 @@
-"""OpenAI's error envelope, ``{"error": {"message", "type", "param", "code"}}``, for every failure.
+"""OpenAI's error envelope, ``{"error": {"message", "type", "param", "code"}}``: the errors every layer raises.
 
-Handlers registered here make sure no request ever sees a stack trace: schema violations become
-400s naming the offending param, unknown routes 404s, and anything unexpected a plain 500.
+``OpenAIError`` is what a client should see; ``UpstreamError`` is a backend's failure with the
+status the gateway answers with. ``from_validation_error`` turns pydantic's report into one 400
+naming the offending param. The ASGI handlers that render them live in ``gateway/error_handlers.py``.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
-
-log = logging.getLogger("octogate")
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -58,8 +52,8 @@ class OpenAIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> Response:
-        return Response(orjson.dumps(self.body()), self.status, self.headers, media_type="application/json")
+    def json(self) -> bytes:
+        return orjson.dumps(self.body())
 
 
 def format_param(loc: tuple[Any, ...]) -> str | None:
@@ -112,26 +106,24 @@ def _most_specific(errors: list[Any]) -> Any:
     return max(errors, key=lambda e: len([p for p in e["loc"] if p not in _UNION_TAGS]))
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(OpenAIError)
-    async def _openai_error(_: Request, exc: OpenAIError) -> Response:
-        return exc.response()
+class UpstreamError(OpenAIError):
+    """The backend failed; ``status`` is what the gateway should answer with."""
 
-    @app.exception_handler(RequestValidationError)
-    async def _request_validation(_: Request, exc: RequestValidationError) -> Response:
-        err = exc.errors()[0]
-        param = format_param(tuple(err["loc"][1:]))  # drop "body"/"path"/"query"
-        return OpenAIError(400, f"Invalid value for '{param}': {err['msg']}.", param=param).response()
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: str | None = None,
+    ):
+        super().__init__(status, message, type=type, param=param, code=code,
+                         headers={"Retry-After": retry_after} if retry_after else None)
+        self.retry_after = retry_after
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
-            return OpenAIError(404, f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url").response()
-        if exc.status_code == 405:
-            return OpenAIError(405, f"Method {request.method} is not allowed for {request.url.path}.", code="method_not_allowed").response()
-        return OpenAIError(exc.status_code, str(exc.detail)).response()
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return OpenAIError(500, "The server had an error while processing your request.", code="internal_error").response()
+class UpstreamTimeout(UpstreamError):
+    def __init__(self, message: str):
+        super().__init__(504, message, type="timeout_error", code="upstream_timeout")

@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import router_model
-from adapters.base import UpstreamError
-from adapters.tool_calls import Function, ToolPlan, plan_tools
-from router_model.evaluation import Example, read_jsonl
-from router_model.prompt_tokens import SUFFIX
-from router_model.token_selector import SelectorError, TokenSelector
+from octogate.core.errors import UpstreamError
+from octogate.core.llama_runtime import LlamaThread
+from octogate.core.tool_plan import Function, ToolPlan, plan_tools
+from octogate.router_model.prompt_tokens import SUFFIX
+from octogate.router_model.token_selector import SelectorError, TokenSelector
 
 #: The label of the "answer without a call" token (not a valid function name, so never a clash).
 NO_CALL = "(no call)"
@@ -45,7 +43,7 @@ TOOLSET_SYSTEM_PROMPT = ("You are an assistant that can call functions. Answer t
                          "functional token of the function to call, or the one for no call.")
 TOOLSET_PREFIX = f"<|im_start|>system\n{TOOLSET_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
 TOOLSET_SUFFIX = SUFFIX
-SHIPPED_DIR = Path(router_model.__file__).resolve().parent / "trained"
+SHIPPED_DIR = Path(__file__).resolve().parent / "trained"
 
 
 class ToolsetError(ValueError):
@@ -81,18 +79,6 @@ class Toolset:
         own = {signature(f) for f in self.functions}
         return all(signature(f) in own for f in plan.functions)
 
-    def read_examples(self, path: str | Path) -> list[Example]:
-        """Training or evaluation lines ``{"query": ..., "function": name or null}``, or BFCL cases
-        (``query`` and ``gold``), so that ``fc eval``'s test file also scores selection alone."""
-        names = {f.name for f in self.functions}
-
-        def example(row: dict[str, Any]) -> Example:
-            fn = row["function"] if "function" in row else next(iter(row["gold"][0]), None) if row["gold"] else None
-            if fn is not None and fn not in names:
-                raise ValueError(f"function {fn!r} is not in toolset {self.name!r}")
-            return Example(str(row["query"]), NO_CALL if fn is None else str(fn))
-
-        return read_jsonl(path, example, "a toolset example ({\"query\", \"function\"})")
 
 
 class ToolsetSelector:
@@ -101,20 +87,20 @@ class ToolsetSelector:
     def __init__(self, toolset: Toolset):
         self.toolset = toolset
         self.selector = TokenSelector(toolset.path, n_threads=toolset.threads)
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: LlamaThread | None = None
         self._token_of = {label: t for t, label in toolset.labels().items()}
 
     async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"octogate-toolset-{self.toolset.name}")
+        self._thread = LlamaThread(f"octogate-toolset-{self.toolset.name}")
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.selector.load, self.toolset.labels())
+            await self._thread.run(self.selector.load, self.toolset.labels())
         except SelectorError as exc:
             raise ToolsetError(f"toolset {self.toolset.name!r}: {exc}") from None
 
     async def aclose(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._thread is not None:
+            self._thread.shutdown()
+            self._thread = None
         self.selector.close()
 
     def _choose(self, query: str, names: tuple[str, ...], allow_none: bool) -> tuple[str | None, int]:
@@ -126,10 +112,9 @@ class ToolsetSelector:
 
     async def choose(self, query: str, names: list[str], allow_none: bool) -> tuple[str | None, int]:
         """The function to call among ``names`` (None: answer without a call), and the prompt tokens read."""
-        if self._executor is None:
+        if self._thread is None:
             raise UpstreamError(503, f"toolset {self.toolset.name!r} is not loaded", code="toolset_not_loaded")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._choose, query, tuple(names), allow_none)
+        return await self._thread.run(self._choose, query, tuple(names), allow_none)
 
 
 class ToolsetRegistry:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from function_calling.bfcl import Case, score, to_openai_tools
+from octogate.adapters.tool_calling.evaluation.bfcl import Case, score, to_openai_tools
 
 #: each is the request extension ``"octogate": {"tool_calls": MODE}``; "toolset" needs the cases
 #: functions to be a toolset the gateway's graph registers (``function_calling/toolsets.py``)

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # Providers whose servers speak OpenAI's chat-completions protocol as-is; octogate proxies them
 # directly (no translation layer), which is what keeps its overhead low.
@@ -386,3 +393,18 @@ def _read_toolset_files(data: Any, source: Path) -> None:
                 raise ConfigError(f"{source}: toolsets.{name}.tools: cannot read {file}: {exc}") from None
         if isinstance(ts.get("path"), str):
             ts["path"] = str(source.parent / ts["path"])
+
+
+CONFIG_ENV = "OCTOGATE_CONFIG"
+DEFAULT_CONFIG = Path("config/default.yaml")
+# The default graph shipped beside the packages (a source checkout or an editable install).
+_SHIPPED_DEFAULT = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+
+
+def default_config_path() -> Path:
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    if DEFAULT_CONFIG.is_file() or not _SHIPPED_DEFAULT.is_file():
+        return DEFAULT_CONFIG
+    return _SHIPPED_DEFAULT

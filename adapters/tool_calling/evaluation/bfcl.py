@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router_model.evaluation import read_jsonl
+from octogate.core.jsonl import read_jsonl
 
 _TYPES = {"dict": "object", "float": "number", "int": "integer", "str": "string", "bool": "boolean",
           "list": "array", "tuple": "array"}

@@ -1,4 +1,4 @@
-"""JSON Schemas from clients (tool parameters, response_format): normalise, check, validate, make grammars.
+"""JSON Schemas from clients (tool parameters, response_format): normalise, check, validate.
 
 ``normalise`` accepts what OpenAI accepts for function parameters and structured outputs, plus the
 BFCL / Python dialect (``"type": "dict"``, ``"float"``, ``"tuple"``, ``"any"`` ...), and returns a
@@ -6,21 +6,19 @@ standard draft 2020-12 schema with local ``$ref``s inlined. Anything it cannot h
 ``UpstreamError(400, code="invalid_schema")`` whose ``param`` names the exact place
 (``tools[0].function.parameters.properties.unit.enum[2]``).
 
-``grammar_rules`` turns a normalised schema into GBNF rules with llama.cpp's own
-JSON-schema converter (``llama_cpp.llama_grammar.SchemaConverter``); keywords a grammar cannot
-express (``minimum``, ``multipleOf``, ``uniqueItems`` ...) are checked after generation with
-``jsonschema`` (``validator``), so nothing unchecked ever reaches the client.
+``validation_error`` checks a value against a normalised schema with ``jsonschema``: the
+grammars made from a schema (``octogate.adapters.tool_calling.grammar``) cannot express keywords
+such as ``minimum`` or ``uniqueItems``, so every constrained answer is checked here as well.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from functools import lru_cache
 from typing import Any
 
-from adapters.base import UpstreamError
+from octogate.core.errors import UpstreamError
 
 # Python / BFCL / Java-ish type names -> JSON Schema types (None: no type constraint).
 _TYPE_ALIASES: dict[str, str | None] = {
@@ -34,7 +32,7 @@ _TYPE_ALIASES: dict[str, str | None] = {
     "any": None,
 }
 JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
-_ANNOTATIONS = {"description", "title", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly",
+ANNOTATIONS = {"description", "title", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly",
                 "$schema", "$id", "strict", "$defs", "definitions"}
 _UNSUPPORTED = {"allOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies",
                 "patternProperties", "propertyNames", "unevaluatedProperties", "unevaluatedItems", "contains",
@@ -232,13 +230,13 @@ def _check_pattern(pattern: Any, at: str) -> str:
     except re.error as exc:
         raise _bad(at, f"not a valid regular expression: {exc}") from None
     try:
-        _converter().visit({"type": "string", "pattern": _anchored(pattern)}, "probe")
+        schema_converter().visit({"type": "string", "pattern": anchored(pattern)}, "probe")
     except Exception as exc:  # the GBNF converter's regex subset is smaller than Python's
         raise _bad(at, f"this regular expression cannot be enforced: {exc or type(exc).__name__}") from None
     return pattern
 
 
-def _anchored(pattern: str) -> str:
+def anchored(pattern: str) -> str:
     """JSON Schema patterns match anywhere; the grammar converter wants one ^...$ match."""
     start = pattern.startswith("^")
     end = pattern.endswith("$") and not pattern.endswith("\\$")
@@ -276,116 +274,10 @@ def validation_error(schema: dict[str, Any], value: Any) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- grammar
-_STRING_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
-_ALL_TYPES = ["string", "number", "boolean", "object", "array", "null"]
 
 
-def _converter() -> Any:
+def schema_converter() -> Any:
+    """llama.cpp's JSON-schema-to-GBNF converter: what a constrained grammar can enforce."""
     from llama_cpp.llama_grammar import SchemaConverter
 
     return SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-
-
-class GrammarBuilder:
-    """Collects GBNF rules for several schemas in one grammar (each under its own rule-name prefix)."""
-
-    def __init__(self) -> None:
-        self.converter = _converter()
-        self.extra: dict[str, str] = {}
-
-    def add_schema(self, schema: dict[str, Any], prefix: str) -> str:
-        """Rules for ``schema``; returns the name of the rule that matches one value of it."""
-        return self.converter.visit(grammar_view(schema), prefix)
-
-    def add_rule(self, name: str, body: str) -> str:
-        self.extra[name] = body
-        return name
-
-    def text(self) -> str:
-        rules = dict(self.converter._rules)
-        if "char" in rules:  # JSON strings may not hold raw control characters
-            rules["char"] = _STRING_CHAR
-        rules.update(self.extra)
-        return "\n".join(f"{name} ::= {body}" for name, body in sorted(rules.items()))
-
-
-def literal(text: str) -> str:
-    """A GBNF string literal matching ``text`` exactly."""
-    return json.dumps(text, ensure_ascii=False)
-
-
-def grammar_view(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema as llama.cpp's converter understands it: no annotations, unions spelled out."""
-    s = {k: v for k, v in schema.items() if k not in _ANNOTATIONS}
-    for key in ("anyOf", "oneOf"):
-        if key in s:
-            alts = s.pop(key)
-            rest = {k: v for k, v in s.items()}
-            return {"anyOf": [grammar_view(_merge(rest, a)) for a in alts]}
-    t = s.get("type")
-    if isinstance(t, list):
-        return {"anyOf": [grammar_view({**s, "type": one}) for one in t]}
-    if "enum" in s or "const" in s:
-        return {k: s[k] for k in ("enum", "const") if k in s}
-    if t is None:
-        if "properties" in s or "additionalProperties" in s:
-            t = s["type"] = "object"
-        elif "items" in s or "prefixItems" in s:
-            t = s["type"] = "array"
-        else:
-            return {"anyOf": [grammar_view({**s, "type": one}) for one in _ALL_TYPES]}
-    if t == "integer" and "minimum" in s and "maximum" in s and 0 <= s["maximum"] - s["minimum"] <= 64:
-        low, high = int(-(-s["minimum"] // 1)), int(s["maximum"] // 1)
-        values = [v for v in range(low, high + 1) if _in_bounds(v, s)]
-        if values:
-            return {"enum": values}
-    if t == "object":
-        if "properties" in s:
-            s["properties"] = {k: grammar_view(v) for k, v in s["properties"].items()}
-        if isinstance(s.get("additionalProperties"), dict):
-            s["additionalProperties"] = grammar_view(s["additionalProperties"])
-        if "properties" not in s and "additionalProperties" not in s:
-            return {"type": "object"}
-    if t == "array":
-        if isinstance(s.get("items"), dict):
-            s["items"] = grammar_view(s["items"])
-        if "prefixItems" in s:
-            return {"type": "array", "prefixItems": [grammar_view(x) for x in s["prefixItems"]]}
-        if "items" not in s or s["items"] is True:
-            return {"type": "array"}  # any JSON array
-    if t == "string" and "pattern" in s:
-        s["pattern"] = _anchored(s["pattern"])
-    if t != "string":
-        s.pop("format", None)
-    return s
-
-
-def _in_bounds(v: int, s: dict[str, Any]) -> bool:
-    return (("exclusiveMinimum" not in s or v > s["exclusiveMinimum"])
-            and ("exclusiveMaximum" not in s or v < s["exclusiveMaximum"])
-            and ("multipleOf" not in s or v % s["multipleOf"] == 0))
-
-
-def _merge(base: dict[str, Any], alt: dict[str, Any]) -> dict[str, Any]:
-    if not base:
-        return alt
-    out = copy.deepcopy(base)
-    for k, v in alt.items():
-        if k == "properties" and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **v}
-        elif k == "required" and isinstance(out.get(k), list):
-            out[k] = list(dict.fromkeys([*out[k], *v]))
-        else:
-            out[k] = v
-    return out
-
-
-@lru_cache(maxsize=64)
-def value_grammar(schema_json: str | None) -> Any:
-    """A LlamaGrammar for one JSON value of the schema (None: any JSON object, for json_object)."""
-    from llama_cpp import LlamaGrammar
-
-    builder = GrammarBuilder()
-    top = builder.add_schema(json.loads(schema_json) if schema_json is not None else {"type": "object"}, "value")
-    builder.add_rule("root", top)
-    return LlamaGrammar.from_string(builder.text(), verbose=False)

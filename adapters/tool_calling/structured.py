@@ -63,10 +63,17 @@ from typing import Any
 
 import orjson
 
-from adapters.base import Backend, UpstreamError
-from adapters.json_schema import normalise, validation_error
-from adapters.tool_calls import (MAX_PARALLEL, InvalidCall, ToolPlan, call_text, parse_calls, plan_tools,
-                                 stream_deltas, tool_call_objects, tools_system_text)
+from octogate.adapters.base import Backend
+from octogate.adapters.tool_calling.parsing import (
+    InvalidCall,
+    parse_calls,
+    stream_deltas,
+    tool_call_objects,
+)
+from octogate.adapters.tool_calling.prompt import call_text, tools_system_text
+from octogate.core.errors import UpstreamError
+from octogate.core.json_schema import normalise, validation_error
+from octogate.core.tool_plan import MAX_PARALLEL, ToolPlan, plan_tools
 
 ATTEMPTS = 2
 SCHEMA_NAME = "octogate_tool_calls"

@@ -1,0 +1,1 @@
+"""``octogate fc eval``: BFCL cases (``bfcl``) sent through a running gateway (``runner``)."""

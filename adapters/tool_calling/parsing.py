@@ -1,0 +1,79 @@
+"""Calls read back from model output: checked against their schemas (constrained output), read
+loosely (the unconstrained baseline), and written as OpenAI ``tool_calls`` objects and stream deltas."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from octogate.core.json_schema import validation_error
+from octogate.core.tool_plan import ToolPlan
+
+
+class InvalidCall(ValueError):
+    pass
+
+
+def parse_calls(text: str, plan: ToolPlan) -> list[tuple[str, Any]]:
+    """The calls in the model's output, each checked against its function's schema."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidCall(f"not JSON ({exc})") from None
+    items = value if isinstance(value, list) else [value]
+    if not items or (len(items) > 1 and not plan.parallel):
+        raise InvalidCall(f"{len(items)} calls where {'1' if not plan.parallel else '1 or more'} are allowed")
+    functions = plan.by_name()
+    calls = []
+    for item in items:
+        if (not isinstance(item, dict) or item.get("name") not in functions
+                or not isinstance(item.get("arguments"), dict)):
+            raise InvalidCall(f"not a call of an offered function: {json.dumps(item)[:200]}")
+        problem = validation_error(functions[item["name"]].schema, item["arguments"])
+        if problem:
+            raise InvalidCall(f"arguments of {item['name']} do not match its schema at {problem}")
+        calls.append((item["name"], item["arguments"]))
+    return calls
+
+
+def loose_calls(text: str, plan: ToolPlan) -> list[dict[str, Any]]:
+    """Calls read from *unconstrained* text, as a client of a model without octogate would read them:
+    the outermost JSON object or array in the text, each item naming an offered function. The
+    arguments are passed on exactly as written, valid or not (that is what the baseline measures)."""
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    end = max(text.rfind("}"), text.rfind("]"))
+    if start < 0 or end <= start:
+        return []
+    try:
+        value = json.loads(text[start:end + 1])
+    except ValueError:
+        return []
+    names = plan.by_name()
+    calls = []
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, dict) and item.get("name") in names:
+            args = item.get("arguments", item.get("parameters", {}))
+            raw = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False, separators=(",", ":"))
+            calls.append({"id": f"call_{secrets.token_hex(12)}", "type": "function",
+                          "function": {"name": item["name"], "arguments": raw}})
+    return calls
+
+
+def tool_call_objects(calls: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": f"call_{secrets.token_hex(12)}", "type": "function",
+             "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False, separators=(",", ":"))}}
+            for name, args in calls]
+
+
+def stream_deltas(tool_calls: list[dict[str, Any]], piece: int = 12) -> list[dict[str, Any]]:
+    """The ``delta`` objects OpenAI streams for these calls: name first, then argument fragments."""
+    deltas = []
+    for index, call in enumerate(tool_calls):
+        fn = call["function"]
+        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                       "function": {"name": fn["name"], "arguments": ""}}]})
+        args = fn["arguments"]
+        for start in range(0, len(args), piece):
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": args[start:start + piece]}}]})
+    return deltas

@@ -1,0 +1,16 @@
+"""How every ``octogate`` command reports a user error: one red line on stderr, no traceback, exit 1."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+err_console = Console(stderr=True)
+
+
+def fail(problem: object) -> NoReturn:
+    """Print a user error (a bad file, option or input) without a traceback, and exit 1."""
+    err_console.print(f"[bold red]error:[/] {problem}", highlight=False)
+    raise typer.Exit(1) from None

@@ -1,1 +1,0 @@
-"""Function calling beyond the gateway's pass-through: BFCL evaluation (``octogate fc eval``)."""
