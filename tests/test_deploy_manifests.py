@@ -104,6 +104,14 @@ def literal_env(container: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
+def pod_env(container: dict) -> dict[str, str]:
+    """The container's environment once its Secrets exist: literal values, and a stand-in for each
+    value taken from a Secret (the docs tell you to create them)."""
+    secrets = {e["name"]: f"secret-{e['name'].lower()}" for e in container.get("env", [])
+               if "secretKeyRef" in e.get("valueFrom", {})}
+    return {**secrets, **literal_env(container)}
+
+
 def graph_files(docs: list[dict]) -> dict[str, str]:
     """The gateway's graph volume as the pod sees it: {path under the mount: content}."""
     deployment = one(docs, "Deployment", "octogate-gateway")
@@ -216,7 +224,7 @@ def test_the_rendered_graph_passes_check_config(rendered, overlay, tmp_path):
     for path, content in graph_files(docs).items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(content)
-    env = {**os.environ, **literal_env(gateway_container(docs))}
+    env = {**os.environ, **pod_env(gateway_container(docs))}
     env.pop("OCTOGATE_CONFIG")
     env["COLUMNS"] = "400"  # rich wraps the table's title to the terminal's width otherwise
     done = subprocess.run([str(OCTOGATE), "check-config", str(tmp_path / "graph.yaml")], capture_output=True,
@@ -272,7 +280,7 @@ def test_the_router_runs_the_command_the_cli_prints(rendered, tmp_path):
     (tmp_path / "graph.yaml").write_text(graph_files(docs)["graph.yaml"])
     done = subprocess.run([str(OCTOGATE), "router", "sglang-command", "--config", str(tmp_path / "graph.yaml"),
                            "--model-path", ROUTER_MODEL, "--host", "0.0.0.0"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **literal_env(gateway_container(docs))})
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **pod_env(gateway_container(docs))})
     assert done.returncode == 0, done.stdout + done.stderr
     printed = shlex.split(done.stdout.strip().splitlines()[-1])
     service, container = service_for_url(docs, graph_of(docs)["router"]["base_url"])
