@@ -13,10 +13,8 @@ from typing import Any
 import orjson
 
 from octogate.adapters.base import Backend
-from octogate.core.errors import UpstreamError, UpstreamTimeout
+from octogate.core.errors import PASS_THROUGH_STATUSES, RETRYABLE_STATUSES, UpstreamError, UpstreamTimeout
 from octogate.core.graph import BackendConfig, resolve_secret
-
-_PASS_THROUGH_STATUSES = {400: 400, 413: 413, 422: 400, 429: 429}
 
 
 def _litellm():
@@ -30,10 +28,11 @@ def _litellm():
 
 
 class LiteLLMBackend(Backend):
-    def __init__(self, cfg: BackendConfig, label: str):
+    def __init__(self, cfg: BackendConfig, label: str, api_base: str | None = None):
+        """``api_base``: this instance's address as written (default: the config's only one)."""
         self.cfg = cfg
         self.label = label
-        self.api_base = resolve_secret(cfg.api_base)
+        self.api_base = resolve_secret(api_base if api_base is not None else cfg.api_bases[0])
         self.api_key = resolve_secret(cfg.api_key)
         self._lib: Any = None
 
@@ -64,10 +63,13 @@ class LiteLLMBackend(Backend):
         response = getattr(exc, "response", None)
         if response is not None and getattr(response, "headers", None) is not None:
             retry_after = response.headers.get("retry-after")
-        mapped = _PASS_THROUGH_STATUSES.get(status, 502) if isinstance(status, int) else 502
+        mapped = PASS_THROUGH_STATUSES.get(status, 502) if isinstance(status, int) else 502
+        # no status at all: the provider could not be reached
+        retryable = status in RETRYABLE_STATUSES if isinstance(status, int) else True
         if mapped == 502:
-            return UpstreamError(502, f"Upstream {self.label} failed: {message}", type="upstream_error", code="upstream_error")
-        return UpstreamError(mapped, message, retry_after=retry_after)
+            return UpstreamError(502, f"Upstream {self.label} failed: {message}", type="upstream_error",
+                                 code="upstream_error", retryable=retryable)
+        return UpstreamError(mapped, message, retry_after=retry_after, retryable=retryable)
 
     async def complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> bytes:
         try:

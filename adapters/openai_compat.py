@@ -4,6 +4,8 @@ server, OpenAI itself).
 No translation happens: the payload is posted as JSON and the answer's bytes come back untouched,
 over a pooled keep-alive aiohttp session. This is the gateway's hot path, so it does as little as
 it can: one ``orjson.dumps`` out, one read in, and for streams a line scan of the SSE body.
+One instance talks to one address; ``adapters/replicas.py`` spreads a node's calls over several
+and retries the failures this module marks ``retryable``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,9 @@ import aiohttp
 import orjson
 
 from octogate.adapters.base import Backend
-from octogate.core.errors import UpstreamError, UpstreamTimeout
+from octogate.core.errors import PASS_THROUGH_STATUSES, RETRYABLE_STATUSES, UpstreamError, UpstreamTimeout
 from octogate.core.graph import DEFAULT_OPENAI_API_BASE, BackendConfig, resolve_secret
-
-# Client errors that are the request's own fault travel back to the client with their status;
-# anything else the upstream refuses (its credentials, its model name) is the gateway's problem.
-_PASS_THROUGH_STATUSES = {400: 400, 413: 413, 422: 400, 429: 429, 504: 504}
+from octogate.core.http_pool import HttpPool
 
 
 def upstream_error(status: int, body: bytes, retry_after: str | None, label: str) -> UpstreamError:
@@ -42,44 +41,39 @@ def upstream_error(status: int, body: bytes, retry_after: str | None, label: str
         pass
     if not message:
         message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
-    mapped = _PASS_THROUGH_STATUSES.get(status, 502)
+    mapped = PASS_THROUGH_STATUSES.get(status, 502)
     if mapped == 502:
         message = f"Upstream {label} answered HTTP {status}: {message}"
         etype, code = "upstream_error", "upstream_error"
     return UpstreamError(mapped, str(message), type=etype, code=str(code) if code is not None else None,
-                         param=param, retry_after=retry_after)
+                         param=param, retry_after=retry_after, retryable=status in RETRYABLE_STATUSES)
 
 
 class OpenAICompatibleBackend(Backend):
-    def __init__(self, cfg: BackendConfig, label: str):
+    def __init__(self, cfg: BackendConfig, label: str, api_base: str | None = None):
+        """``api_base``: this instance's address as written (default: the config's only one)."""
         self.cfg = cfg
         self.label = label
-        base = (resolve_secret(cfg.api_base) or DEFAULT_OPENAI_API_BASE).rstrip("/")
+        written = api_base if api_base is not None else cfg.api_bases[0]
+        base = (resolve_secret(written) or DEFAULT_OPENAI_API_BASE).rstrip("/")
         self.base_url = base
         self.url = f"{base}/chat/completions"
         self.headers = {"Content-Type": "application/json", **cfg.headers}
         key = resolve_secret(cfg.api_key)
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
-        self._session: aiohttp.ClientSession | None = None
+        self.pool = HttpPool(f"backend {label}", limit=cfg.max_connections, connect_timeout=cfg.connect_timeout,
+                             read_timeout=cfg.timeout)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, ttl_dns_cache=300, keepalive_timeout=60)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout, sock_read=self.cfg.timeout)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=True
-        )
+        await self.pool.start()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.pool.aclose()
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"backend {self.label} used before start()")
-        return self._session
+        return self.pool.session
 
     async def _post(self, payload: dict[str, Any], trace_headers: dict[str, str] | None) -> aiohttp.ClientResponse:
         headers = {**self.headers, **trace_headers} if trace_headers else self.headers
@@ -88,7 +82,8 @@ class OpenAICompatibleBackend(Backend):
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(f"Upstream {self.label} did not answer within {self.cfg.timeout:g}s.") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(502, f"Upstream {self.label} is unreachable: {exc}", code="upstream_unreachable") from None
+            raise UpstreamError(502, f"Upstream {self.label} is unreachable: {exc}", code="upstream_unreachable",
+                                retryable=True) from None
         if resp.status >= 400:
             try:
                 body = await resp.read()

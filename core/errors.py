@@ -107,7 +107,10 @@ def _most_specific(errors: list[Any]) -> Any:
 
 
 class UpstreamError(OpenAIError):
-    """The backend failed; ``status`` is what the gateway should answer with."""
+    """The backend failed; ``status`` is what the gateway should answer with.
+
+    ``retryable``: the failure came before any answer and another try (another replica, a fallback
+    node) may succeed: a connect error, a reset, a timeout, a 5xx, 408 or 429 from the upstream."""
 
     def __init__(
         self,
@@ -118,12 +121,30 @@ class UpstreamError(OpenAIError):
         param: str | None = None,
         code: str | None = None,
         retry_after: str | None = None,
+        retryable: bool = False,
     ):
         super().__init__(status, message, type=type, param=param, code=code,
                          headers={"Retry-After": retry_after} if retry_after else None)
         self.retry_after = retry_after
+        self.retryable = retryable
+
+    @property
+    def reason(self) -> str:
+        """What a fallback or a metric calls it: rate_limited, backend_timeout or backend_error."""
+        if self.status == 429:
+            return "rate_limited"
+        if self.status == 504:
+            return "backend_timeout"
+        return "backend_error"
 
 
 class UpstreamTimeout(UpstreamError):
     def __init__(self, message: str):
-        super().__init__(504, message, type="timeout_error", code="upstream_timeout")
+        super().__init__(504, message, type="timeout_error", code="upstream_timeout", retryable=True)
+
+
+# An upstream's refusal that is the request's own fault travels back to the client with its status
+# (422 as OpenAI's 400); anything else it refuses (its credentials, its model name) is a 502.
+PASS_THROUGH_STATUSES = {400: 400, 413: 413, 422: 400, 429: 429, 504: 504}
+# What another try may mend: the upstream is overloaded, restarting or failing, not the request.
+RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))

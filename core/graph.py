@@ -29,104 +29,36 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from octogate.core.backend_config import (  # noqa: F401  (re-exported: the graph's vocabulary in one place)
+    DEFAULT_OPENAI_API_BASE,
+    EMBEDDED_PROVIDER,
+    OPENAI_COMPATIBLE_PROVIDERS,
+    BackendConfig,
+    CooldownConfig,
+)
+from octogate.core.config_base import (  # noqa: F401
+    ConfigError,
+    PathError,
+    PathErrors,
+    StrictModel,
+    check_env_references,
+    format_loc,
+    resolve_secret,
+)
+from octogate.core.server_config import (  # noqa: F401
+    ApiKeyConfig,
+    HistoryConfig,
+    HttpLimitsConfig,
+    RateLimitsConfig,
+    RouteCacheConfig,
+    ServerConfig,
 )
 
-# Providers whose servers speak OpenAI's chat-completions protocol as-is; octogate proxies them
-# directly (no translation layer), which is what keeps its overhead low.
-OPENAI_COMPATIBLE_PROVIDERS = frozenset({"openai", "hosted_vllm", "openai_like", "sglang", "lm_studio"})
-EMBEDDED_PROVIDER = "embedded"
-DEFAULT_OPENAI_API_BASE = "https://api.openai.com/v1"
 TOOLSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
-
-class ConfigError(Exception):
-    """A graph file that cannot be used; the message is meant for a human."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def resolve_secret(value: str | None) -> str | None:
-    """Resolve ``env:NAME`` to the environment variable's value (None when unset)."""
-    if value is None or not value.startswith("env:"):
-        return value
-    return os.environ.get(value[4:]) or None
-
-
-class BackendConfig(_Strict):
-    """Where a node's requests go, written the way LiteLLM users write it.
-
-    ``model`` is ``provider/model-name``: ``openai/...`` (with ``api_base`` for any
-    OpenAI-compatible server: vLLM, SGLang, Ollama, LoRAX, llama.cpp server, OpenAI itself),
-    ``embedded/...`` for the in-process CPU model, or any other LiteLLM provider string.
-    """
-
-    model: str = Field(min_length=3)
-    api_base: str | None = None
-    api_key: str | None = None
-    adapter: Literal["auto", "openai", "litellm", "embedded"] = "auto"
-    timeout: float = Field(default=600.0, gt=0, description="seconds to wait for the upstream's next byte")
-    connect_timeout: float = Field(default=10.0, gt=0)
-    max_connections: int = Field(default=256, ge=1)
-    headers: dict[str, str] = Field(default_factory=dict)
-    tool_calls: Literal["native", "octogate"] = Field(
-        default="native", description="native: requests' tools pass through to the backend; octogate: octogate "
-        "makes the tool calls itself with structured outputs (json_schema response_format), for models without "
-        "tool calling of their own (the embedded model always makes its own calls)")
-    # Embedded-model settings (ignored by remote adapters).
-    model_path: str | None = None
-    n_ctx: int = Field(default=2048, ge=128)
-    n_threads: int | None = Field(default=None, ge=1)
-    weights: Literal["as_is", "q8_0"] = Field(
-        default="as_is", description="as_is: the file as it is; q8_0: run a Q8_0 copy of a Q4/Q5 GGUF (derived "
-        "once into the cache): long prompts process about 1.6x faster on AVX2 CPUs, generation is about 1.1x slower")
-
-    @field_validator("model")
-    @classmethod
-    def _has_provider(cls, v: str) -> str:
-        provider, sep, name = v.partition("/")
-        if not sep or not provider or not name:
-            raise ValueError(
-                f"'{v}' is not provider/model: write e.g. openai/Qwen2.5-Math-7B-Instruct "
-                "or embedded/smollm2-135m-instruct"
-            )
-        return v
-
-    @property
-    def provider(self) -> str:
-        return self.model.partition("/")[0]
-
-    @property
-    def upstream_model(self) -> str:
-        """The model name the upstream server knows (the part after the provider)."""
-        return self.model.partition("/")[2]
-
-    @property
-    def kind(self) -> Literal["openai", "litellm", "embedded"]:
-        if self.adapter != "auto":
-            return self.adapter
-        if self.provider == EMBEDDED_PROVIDER:
-            return "embedded"
-        if self.provider in OPENAI_COMPATIBLE_PROVIDERS:
-            return "openai"
-        return "litellm"
-
-    @model_validator(mode="after")
-    def _adapter_fits(self) -> BackendConfig:
-        if self.kind == "embedded" and self.provider != EMBEDDED_PROVIDER:
-            raise ValueError("adapter 'embedded' needs a model written embedded/<name>")
-        return self
-
-
-class RouterEngineConfig(_Strict):
+class RouterEngineConfig(StrictModel):
     """Where a router model runs and how it is asked: in process on the CPU, or on an SGLang server."""
 
     engine: Literal["embedded", "sglang"] = Field(
@@ -149,11 +81,11 @@ class RouterEngineConfig(_Strict):
     @model_validator(mode="after")
     def _engine_settings(self) -> RouterEngineConfig:
         if self.engine == "sglang" and not self.base_url:
-            raise _PathError(("base_url",), "engine 'sglang' needs base_url (the SGLang server)")
+            raise PathError(("base_url",), "engine 'sglang' needs base_url (the SGLang server)")
         if self.engine == "embedded" and self.base_url:
-            raise _PathError(("base_url",), "base_url is for engine 'sglang'; the embedded engine runs in process")
+            raise PathError(("base_url",), "base_url is for engine 'sglang'; the embedded engine runs in process")
         if self.engine == "sglang" and "prior_correction" in self.model_fields_set:
-            raise _PathError(("prior_correction",), "prior_correction is for engine 'embedded'; "
+            raise PathError(("prior_correction",), "prior_correction is for engine 'embedded'; "
                              "an SGLang server decides with its own scores")
         return self
 
@@ -162,7 +94,7 @@ class HopRouterConfig(RouterEngineConfig):
     """A node's own router: from this node, routing continues over its ``neighbours`` (Octopus v4)."""
 
 
-class NodeConfig(_Strict):
+class NodeConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
     description: str = ""
     token: int | None = Field(default=None, ge=0, description="functional token index: <nexa_{token}>")
@@ -172,6 +104,8 @@ class NodeConfig(_Strict):
     reformat: bool = Field(default=False, description="in select+reformat mode, receive the router's rewritten query")
     router: HopRouterConfig | None = None
     neighbours: list[str] = Field(default_factory=list, description="nodes this node's router may choose")
+    fallbacks: list[str] = Field(default_factory=list, description=(
+        "nodes that take a request, in order, when every replica of this node's backend has failed before answering"))
 
     @field_validator("params")
     @classmethod
@@ -180,41 +114,6 @@ class NodeConfig(_Strict):
         if forbidden:
             raise ValueError(f"params may not set {', '.join(sorted(forbidden))}")
         return v
-
-
-class ServerConfig(_Strict):
-    api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys; env:NAME allowed")
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    trace_content: bool = Field(default=False, description="put prompt and completion text in trace spans "
-                                "(OCTOGATE_TRACE_CONTENT=true does the same)")
-
-    def resolved_api_keys(self) -> list[str]:
-        keys = [resolve_secret(k) for k in self.api_keys]
-        keys += [k.strip() for k in os.environ.get("OCTOGATE_API_KEYS", "").split(",")]
-        return [k for k in keys if k]
-
-
-class HistoryConfig(_Strict):
-    """Conversations kept in Redis (requests that carry a conversation id)."""
-
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="env:NAME allowed; OCTOGATE_REDIS_URL overrides")
-    max_turns: int = Field(default=20, ge=1, description="turns prepended at most")
-    max_tokens: int = Field(default=3000, ge=1, description="approximate tokens of history prepended at most")
-    ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1, description="a conversation expires after this long unused")
-    key_prefix: str = Field(default="octogate:conv:", min_length=1)
-    op_timeout: float = Field(default=0.5, gt=0, description="seconds one Redis operation may take")
-
-    def resolved_url(self) -> str:
-        return os.environ.get("OCTOGATE_REDIS_URL") or resolve_secret(self.redis_url) or "redis://127.0.0.1:6379/0"
-
-
-class RouteCacheConfig(_Strict):
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="env:NAME allowed; OCTOGATE_REDIS_URL overrides")
-    ttl_seconds: int = Field(default=3600, ge=1)
-    op_timeout: float = Field(default=0.2, gt=0)
-
-    def resolved_url(self) -> str:
-        return os.environ.get("OCTOGATE_REDIS_URL") or resolve_secret(self.redis_url) or "redis://127.0.0.1:6379/0"
 
 
 class RouterConfig(RouterEngineConfig):
@@ -226,7 +125,7 @@ class RouterConfig(RouterEngineConfig):
     cache: RouteCacheConfig | None = None
 
 
-class ToolsetConfig(_Strict):
+class ToolsetConfig(StrictModel):
     """A registered toolset (Octopus v2): functions whose choice is one trained functional token.
 
     A request whose ``tools`` are all in a registered toolset (same names and parameters) is
@@ -240,7 +139,7 @@ class ToolsetConfig(_Strict):
     threads: int | None = Field(default=None, ge=1, description="llama.cpp threads (default: all cores, up to 4)")
 
 
-class GraphConfig(_Strict):
+class GraphConfig(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     history: HistoryConfig | None = None
     router: RouterConfig | None = None
@@ -250,44 +149,50 @@ class GraphConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> GraphConfig:
-        seen: dict[str, int] = {}
-        tokens: dict[int, str] = {}
-        for i, node in enumerate(self.nodes):
-            if node.name in seen:
-                raise _PathError(("nodes", i, "name"), f"duplicate node name '{node.name}' (also nodes[{seen[node.name]}])")
-            seen[node.name] = i
-            if node.token is not None:
-                if node.token in tokens:
-                    raise _PathError(
-                        ("nodes", i, "token"), f"token {node.token} is already used by node '{tokens[node.token]}'"
-                    )
-                tokens[node.token] = node.name
-            if isinstance(node.backend, str) and node.backend not in self.backends:
-                known = ", ".join(sorted(self.backends)) or "none defined"
-                raise _PathError(
-                    ("nodes", i, "backend"), f"unknown backend '{node.backend}' (backends: {known})"
-                )
+        problems = [PathError(loc, message) for loc, message in _name_problems(
+            [n.model_dump(include={"name", "token", "backend"}) for n in self.nodes], set(self.backends))]
+        seen = {node.name: i for i, node in enumerate(self.nodes)}
+        has_token = {node.name for node in self.nodes if node.token is not None}
         for i, node in enumerate(self.nodes):
             if node.router is not None and not node.neighbours:
-                raise _PathError(("nodes", i, "neighbours"), "a node with a router needs neighbours to route to")
+                problems.append(PathError(("nodes", i, "neighbours"), "a node with a router needs neighbours to route to"))
             if node.neighbours and node.router is None:
-                raise _PathError(("nodes", i, "router"), "neighbours are only used by a node's own router")
+                problems.append(PathError(("nodes", i, "router"), "neighbours are only used by a node's own router"))
             for j, name in enumerate(node.neighbours):
                 if name not in seen:
-                    raise _PathError(("nodes", i, "neighbours", j), f"unknown node '{name}'")
-                if self.nodes[seen[name]].token is None:
-                    raise _PathError(("nodes", i, "neighbours", j), f"node '{name}' has no token to be routed to")
+                    problems.append(PathError(("nodes", i, "neighbours", j), f"unknown node '{name}'"))
+                elif name not in has_token:
+                    problems.append(PathError(("nodes", i, "neighbours", j), f"node '{name}' has no token to be routed to"))
+            for j, name in enumerate(node.fallbacks):
+                if name not in seen:
+                    problems.append(PathError(("nodes", i, "fallbacks", j), f"unknown node '{name}'"))
+                elif name == node.name:
+                    problems.append(PathError(("nodes", i, "fallbacks", j), "a node cannot be its own fallback"))
         if self.router is not None:
             if self.router.name in seen:
-                raise _PathError(("router", "name"), f"'{self.router.name}' is also a node's name")
+                problems.append(PathError(("router", "name"), f"'{self.router.name}' is also a node's name"))
             if self.router.fallback not in seen:
-                raise _PathError(("router", "fallback"), f"unknown node '{self.router.fallback}'")
-            if not tokens:
-                raise _PathError(("router",), "no node has a token: the router has nothing to choose from")
+                problems.append(PathError(("router", "fallback"), f"unknown node '{self.router.fallback}'"))
+            if not has_token:
+                problems.append(PathError(("router",), "no node has a token: the router has nothing to choose from"))
         for name in self.toolsets:
             if not TOOLSET_NAME.match(name):
-                raise _PathError(("toolsets", name), f"toolset names match {TOOLSET_NAME.pattern}")
+                problems.append(PathError(("toolsets", name), f"toolset names match {TOOLSET_NAME.pattern}"))
+        if problems:
+            raise PathErrors(problems)
         return self
+
+    def fallback_chain(self, name: str) -> list[str]:
+        """The nodes that take over from ``name``, in order: its fallbacks, then theirs (each once)."""
+        by_name = {n.name: n for n in self.nodes}
+        chain: list[str] = []
+        todo = list(by_name[name].fallbacks)
+        while todo:
+            nxt = todo.pop(0)
+            if nxt != name and nxt not in chain:
+                chain.append(nxt)
+                todo.extend(by_name[nxt].fallbacks)
+        return chain
 
     def backend_of(self, node: NodeConfig) -> BackendConfig:
         return self.backends[node.backend] if isinstance(node.backend, str) else node.backend
@@ -297,23 +202,28 @@ class GraphConfig(_Strict):
         return f"backends.{node.backend}" if isinstance(node.backend, str) else f"nodes.{node.name}.backend"
 
 
-class _PathError(ValueError):
-    """A cross-field error that knows which key it is about."""
-
-    def __init__(self, loc: tuple[str | int, ...], message: str):
-        super().__init__(message)
-        self.loc = loc
-        self.message = message
-
-
-def format_loc(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
+def _name_problems(nodes: list[Any], backends: set[str]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Duplicate names and tokens, and unknown backends, over nodes as written (dicts): run even when
+    other keys of the file are invalid, so that one read of check-config reports them all."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    seen: dict[str, int] = {}
+    tokens: dict[int, str] = {}
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict):
+            continue
+        name, token, backend = node.get("name"), node.get("token"), node.get("backend")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append((("nodes", i, "name"), f"duplicate node name '{name}' (also nodes[{seen[name]}])"))
+            seen.setdefault(name, i)
+        if isinstance(token, int) and not isinstance(token, bool):
+            if token in tokens:
+                problems.append((("nodes", i, "token"), f"token {token} is already used by node '{tokens[token]}'"))
+            tokens.setdefault(token, str(name))
+        if isinstance(backend, str) and backend not in backends:
+            known = ", ".join(sorted(backends)) or "none defined"
+            problems.append((("nodes", i, "backend"), f"unknown backend '{backend}' (backends: {known})"))
+    return problems
 
 
 def _is_union_tag(part: Any) -> bool:
@@ -335,27 +245,43 @@ def _drop_union_tags(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     return tuple(p for p in loc if not _is_union_tag(p))
 
 
-def parse_graph(data: Any, source: str = "<config>") -> GraphConfig:
+def parse_graph(data: Any, source: str = "<config>", environ: dict[str, str] | None = None) -> GraphConfig:
+    """The graph, or a ConfigError listing every problem of the file (key path and what is wrong),
+    unset ``env:`` variables included."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with a 'nodes' list")
+    lines: list[str] = []
+    graph = None
     try:
-        return GraphConfig.model_validate(data)
+        graph = GraphConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
+        consistency_checked = False
         for err in exc.errors(include_url=False):
             ctx_err = (err.get("ctx") or {}).get("error")
-            if isinstance(ctx_err, _PathError):
-                # a nested model's error knows its key relative to that model: prefix where it sits
-                lines.append(f"{source}: {format_loc(_drop_union_tags(err['loc']) + ctx_err.loc)}: {ctx_err.message}")
+            for path_err in ctx_err.errors if isinstance(ctx_err, PathErrors) else [ctx_err]:
+                if isinstance(path_err, PathError):
+                    # a nested model's error knows its key relative to that model: prefix where it sits
+                    loc = _drop_union_tags(err["loc"]) + path_err.loc
+                    lines.append(f"{source}: {format_loc(loc)}: {path_err.message}")
+            if isinstance(ctx_err, PathErrors):
+                consistency_checked = True
                 continue
-            if _wrong_union_branch(err):
+            if isinstance(ctx_err, PathError) or _wrong_union_branch(err):
                 continue
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             lines.append(f"{source}: {format_loc(_drop_union_tags(err['loc']))}: {msg}")
+        if not consistency_checked:  # other keys failed first: still report duplicate names and tokens
+            nodes = data.get("nodes") if isinstance(data.get("nodes"), list) else []
+            backends = data.get("backends") if isinstance(data.get("backends"), dict) else {}
+            lines += [f"{source}: {format_loc(loc)}: {msg}" for loc, msg in _name_problems(nodes, set(backends))]
+    lines += [f"{source}: {line}" for line in check_env_references(data, environ)]
+    if lines:
         # A union (backend: str | {...}) reports once per member; keep each line once, in order.
-        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+        raise ConfigError("\n".join(dict.fromkeys(lines)))
+    assert graph is not None
+    return graph
 
 
 def load_graph(path: str | os.PathLike[str]) -> GraphConfig:

@@ -83,9 +83,9 @@ class Gateway:
 
 
 def create_app(graph: GraphConfig) -> Gateway:
-    nodes = NodeTable(graph)
-    keys = KeyChecker(graph.server.resolved_api_keys())
     metrics = Metrics()
+    nodes = NodeTable(graph, observer=metrics)
+    keys = KeyChecker(graph.server.resolved_api_keys())
     conversations = Conversations(graph.history, metrics)
     tracing = Tracing(capture_content=True if graph.server.trace_content else None)  # None: the environment decides
     router = Router(graph, nodes, metrics, tracing) if graph.router else None
@@ -140,19 +140,30 @@ def create_app(graph: GraphConfig) -> Gateway:
 
     @api.get("/readyz")
     async def readyz() -> Response:
-        ready, backends = await nodes.readiness()
+        """Whether this process can serve: 503 only when no node can answer (or it is draining).
+        One dead backend among several is ``degraded``, listed, and still in rotation: behind a load
+        balancer, answering 503 for it would take every replica of the gateway out at once."""
+        backend_ok, backends, replicas = await nodes.readiness()
+        serving = nodes.serving_nodes(backend_ok)
         history = conversations.status()
         if history == "degraded" and conversations.store is not None and await conversations.store.ping():
             history = "ok"
-        status = "unready" if not ready else "degraded" if history == "degraded" else "ready"
-        body = {"status": status, "backends": backends, "history": history}
+        failing = sorted(k for k, ok in backend_ok.items() if not ok)
+        body: dict[str, Any] = {"status": "ready", "backends": backends, "history": history}
+        if replicas:
+            body["replicas"] = replicas
+        if failing:
+            body["failing_backends"] = failing
+            body["unavailable_nodes"] = sorted(set(nodes.nodes) - set(serving))
         if router is not None:
             # A router that is down sends requests to the fallback node: degraded, still serving.
             body["router"] = await router.check_ready()
-            if ready and not body["router"].startswith("ok"):
-                body["status"] = "degraded"
-        # A degraded history store or router still serves requests: stay in rotation.
-        return _json(200 if ready else 503, body)
+        degraded = failing or history == "degraded" or (router is not None and not body["router"].startswith("ok"))
+        if not serving:
+            body["status"] = "unready"
+        elif degraded:
+            body["status"] = "degraded"
+        return _json(200 if serving else 503, body)
 
     @api.get("/metrics")
     async def prometheus_metrics() -> Response:

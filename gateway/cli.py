@@ -16,6 +16,7 @@ from octogate.adapters.tool_calling.evaluation.cli import fc_cli
 from octogate.core.graph import CONFIG_ENV, default_config_path
 from octogate.gateway.metrics import prepare_multiprocess_dir
 from octogate.router_model.cli import load_graph_or_exit, router_cli
+from octogate.router_model.protocol import functional_token
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="An OpenAI-compatible gateway over a graph of specialist models.")
 
@@ -56,7 +57,7 @@ def check_config(path: Annotated[Path, typer.Argument(help="graph file to valida
         backend = graph.backend_of(node)
         table.add_row(
             node.name,
-            "" if node.token is None else f"<nexa_{node.token}>",
+            "" if node.token is None else functional_token(node.token),
             backend.model + (f" @ {backend.api_base}" if backend.api_base else ""),
             backend.kind,
             "yes" if node.persona else "",

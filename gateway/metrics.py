@@ -154,7 +154,7 @@ class Metrics:
             self.registry.unregister(collector)
         r = self.registry
         self._requests = Counter("octogate_requests_total", "Chat completion requests answered.",
-                                 ("model", "node", "status"), registry=r)
+                                 ("model", "node", "status", "key"), registry=r)
         self._duration = Histogram("octogate_request_duration_seconds", "Time from request to complete answer.",
                                    ("model", "node"), buckets=LLM_BUCKETS, registry=r)
         self._in_flight = Gauge("octogate_requests_in_flight", "Chat completion requests being served.",
@@ -164,7 +164,19 @@ class Metrics:
         self._ttft = Histogram("octogate_time_to_first_token_seconds", "Time until a stream's first chunk.",
                                ("node",), buckets=LLM_BUCKETS, registry=r)
         self._tokens = Counter("octogate_tokens_total", "Tokens reported by the backends.",
-                               ("node", "direction"), registry=r)
+                               ("node", "direction", "key"), registry=r)
+        self._replica_in_flight = Gauge("octogate_replica_requests_in_flight", "Calls in flight to one replica.",
+                                        ("backend", "replica"), multiprocess_mode="livesum", registry=r)
+        self._replica_outcomes = Counter("octogate_replica_outcomes_total",
+                                         "Calls to one replica, by outcome (ok, backend_error, backend_timeout, "
+                                         "rate_limited).", ("backend", "replica", "outcome"), registry=r)
+        self._fallbacks = Counter("octogate_fallbacks_total", "Requests a fallback node answered because every "
+                                  "replica of the node asked for had failed.", ("from", "to", "reason"), registry=r)
+        self._rate_limited = Counter("octogate_rate_limited_total", "Requests refused for a key's rate limit.",
+                                     ("key", "limit"), registry=r)
+        self._rate_limit_unchecked = Counter("octogate_rate_limit_unchecked_total",
+                                             "Requests let through unchecked because the rate-limit store was down.",
+                                             registry=r)
         self._route_seconds = Histogram("octogate_route_decision_seconds", "Time the router took to choose a node.",
                                         buckets=ROUTE_BUCKETS, registry=r)
         self._route_decisions = Counter("octogate_route_decisions_total", "Router decisions, by chosen node.",
@@ -176,7 +188,8 @@ class Metrics:
                                 ("operation",), registry=r)
         self._installed[r] = [self._requests, self._duration, self._in_flight, self._upstream, self._ttft,
                               self._tokens, self._route_seconds, self._route_decisions, self._route_fallbacks,
-                              self._history]
+                              self._history, self._replica_in_flight, self._replica_outcomes, self._fallbacks,
+                              self._rate_limited, self._rate_limit_unchecked]
         self._unresolved_models: set[str] = set()
 
     def request_started(self, model: str) -> None:
@@ -184,10 +197,11 @@ class Metrics:
         input at this point, and a per-model split is in octogate_requests_total."""
         self._in_flight.inc()
 
-    def request_finished(self, model: str, node: str, status: int, seconds: float) -> None:
+    def request_finished(self, model: str, node: str, status: int, seconds: float, key: str = "") -> None:
+        """``key``: the caller's key name (never the key itself); "" when keys are off or unknown."""
         self._in_flight.dec()
         model = self._model_label(model, node)
-        self._requests.labels(model, node, str(status)).inc()
+        self._requests.labels(model, node, str(status), key).inc()
         self._duration.labels(model, node).observe(seconds)
 
     def upstream_call(self, node: str, backend: str, seconds: float, ok: bool) -> None:
@@ -196,12 +210,28 @@ class Metrics:
     def time_to_first_token(self, node: str, seconds: float) -> None:
         self._ttft.labels(node).observe(seconds)
 
-    def tokens(self, node: str, prompt: int, completion: int) -> None:
+    def tokens(self, node: str, prompt: int, completion: int, key: str = "") -> None:
         # A counter refuses negative increments; a backend's odd usage must not fail the request.
         if prompt > 0:
-            self._tokens.labels(node, "prompt").inc(prompt)
+            self._tokens.labels(node, "prompt", key).inc(prompt)
         if completion > 0:
-            self._tokens.labels(node, "completion").inc(completion)
+            self._tokens.labels(node, "completion", key).inc(completion)
+
+    # The ReplicaObserver of adapters/replicas.py.
+    def replica_in_flight(self, backend: str, replica: str, delta: int) -> None:
+        self._replica_in_flight.labels(backend, replica).inc(delta)
+
+    def replica_outcome(self, backend: str, replica: str, outcome: str) -> None:
+        self._replica_outcomes.labels(backend, replica, outcome).inc()
+
+    def fallback(self, from_node: str, to_node: str, reason: str) -> None:
+        self._fallbacks.labels(from_node, to_node, reason).inc()
+
+    def rate_limited(self, key: str, limit: str) -> None:
+        self._rate_limited.labels(key, limit).inc()
+
+    def rate_limit_unchecked(self) -> None:
+        self._rate_limit_unchecked.inc()
 
     def route_decision(self, node: str, seconds: float, fallback: bool) -> None:
         self._route_seconds.observe(seconds)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from octogate.adapters import build_backend
 from octogate.adapters.base import Backend
+from octogate.adapters.replicas import ReplicaObserver, replica_states
 from octogate.core.errors import OpenAIError, UpstreamError
 from octogate.core.graph import (
     DEFAULT_OPENAI_API_BASE,
@@ -65,7 +66,8 @@ class Node:
 class NodeTable:
     """Every node of the graph, looked up by the name clients put in ``model``."""
 
-    def __init__(self, graph: GraphConfig):
+    def __init__(self, graph: GraphConfig, observer: ReplicaObserver | None = None):
+        """``observer``: where replica events go (the gateway's metrics)."""
         self.graph = graph
         self.toolsets = ToolsetRegistry.from_graph(graph)
         backends: dict[str, Backend] = {}
@@ -74,9 +76,12 @@ class NodeTable:
             key = graph.backend_key(cfg)
             backend_cfg = graph.backend_of(cfg)
             if key not in backends:
-                backends[key] = build_backend(backend_cfg, label=key, toolsets=self.toolsets or None)
+                backends[key] = build_backend(backend_cfg, label=key, toolsets=self.toolsets or None,
+                                              observer=observer)
             self.nodes[cfg.name] = _node(cfg, backend_cfg, backends[key])
         self.backends = backends
+        self._configs = {cfg.name: cfg for cfg in graph.nodes}
+        self.fallbacks = {name: [self.nodes[f] for f in graph.fallback_chain(name)] for name in self.nodes}
 
     def resolve(self, model: str) -> Node:
         node = self.nodes.get(model)
@@ -97,7 +102,8 @@ class NodeTable:
         await asyncio.gather(self.toolsets.aclose(), *(b.aclose() for b in self.backends.values()),
                              return_exceptions=True)
 
-    async def readiness(self) -> tuple[bool, dict[str, str]]:
+    async def readiness(self) -> tuple[dict[str, bool], dict[str, str], dict[str, dict[str, str]]]:
+        """Each backend: whether it can serve, its status line, and its replicas' states (remote ones)."""
         async def one(backend: Backend) -> tuple[bool, str]:
             try:
                 return True, await asyncio.wait_for(backend.check_ready(), timeout=5)
@@ -108,7 +114,16 @@ class NodeTable:
 
         labels = list(self.backends)
         results = await asyncio.gather(*(one(self.backends[k]) for k in labels))
-        return all(ok for ok, _ in results), {k: status for k, (_, status) in zip(labels, results)}
+        replicas = {k: states for k in labels if (states := replica_states(self.backends[k])) is not None}
+        return ({k: ok for k, (ok, _) in zip(labels, results)}, {k: status for k, (_, status) in zip(labels, results)},
+                replicas)
+
+    def serving_nodes(self, backend_ok: dict[str, bool]) -> list[str]:
+        """The nodes that can answer now: their own backend is up, or a fallback's is."""
+        def up(node: Node) -> bool:
+            return backend_ok.get(self.graph.backend_key(self._configs[node.name]), False)
+
+        return [name for name, node in self.nodes.items() if up(node) or any(up(f) for f in self.fallbacks[name])]
 
 
 def _node(cfg: NodeConfig, backend_cfg: BackendConfig, backend: Backend) -> Node:
@@ -123,7 +138,7 @@ def _node(cfg: NodeConfig, backend_cfg: BackendConfig, backend: Backend) -> Node
 def _trace_target(node: str, cfg: BackendConfig) -> dict[str, Any]:
     address = port = None
     if cfg.kind != "embedded":
-        base = resolve_secret(cfg.api_base) or (DEFAULT_OPENAI_API_BASE if cfg.kind == "openai" else None)
+        base = resolve_secret(cfg.api_bases[0]) or (DEFAULT_OPENAI_API_BASE if cfg.kind == "openai" else None)
         if base:
             parts = urlsplit(base)
             address, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)

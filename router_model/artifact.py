@@ -28,6 +28,7 @@ import numpy as np
 
 from octogate.core.llama_runtime import sha256_of
 from octogate.router_model.prior import PriorError, score_bias
+from octogate.router_model.protocol import functional_token
 
 FORMAT = "octogate-router/1"
 MANIFEST, LORA_FILE, TOKENS_FILE = "router.json", "lora.gguf", "functional_tokens.npy"
@@ -83,7 +84,7 @@ class RouterArtifact:
     def check_nodes(self, wanted: dict[int, str]) -> None:
         """Every (token, node) the graph routes to must be one this router was trained on."""
         trained = self.tokens
-        wrong = [f"<nexa_{t}> {n!r} (trained: {trained[t]!r})" if t in trained else f"<nexa_{t}> {n!r} (not trained)"
+        wrong = [f"{functional_token(t)} {n!r} " + (f"(trained: {trained[t]!r})" if t in trained else "(not trained)")
                  for t, n in sorted(wanted.items()) if trained.get(t) != n]
         if wrong:
             raise RouterArtifactError(

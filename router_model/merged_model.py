@@ -9,7 +9,7 @@ A decision is exactly such a prompt pass, so the engine derives a float16 model 
     W' = dequantise(W_q4_1)                            for the others
 
 float16 holds the dequantised Q4_1 values almost exactly, so the network is the one the router
-was trained on (``router_model/training.py`` trains on the same dequantised weights). The result
+was trained on (``router_model/training/`` trains on the same dequantised weights). The result
 (about 270 MB) lives in the user's cache directory, keyed by the digests of the base file and the
 adapter, and is built once (a few seconds), atomically, so concurrent workers do not collide.
 The repository still ships only the small adapter.

@@ -13,11 +13,10 @@ says what it is about; the cap bounds a decision's cost).
 
 from __future__ import annotations
 
-from octogate.router_model.protocol import ROUTER_SYSTEM_PROMPT
+from octogate.router_model.protocol import ROUTER_SYSTEM_PROMPT, chatml_split
 
 # ChatML, SmolLM2-Instruct's own template, split where the query goes.
-PREFIX = f"<|im_start|>system\n{ROUTER_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
-SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+PREFIX, SUFFIX = chatml_split(ROUTER_SYSTEM_PROMPT)
 DEFAULT_MAX_QUERY_TOKENS = 128
 
 
@@ -25,7 +24,7 @@ class RouterPromptTokens:
     """``tokenize(bytes, add_bos, special)`` is llama-cpp-python's ``Llama.tokenize``.
 
     ``prefix_text`` and ``suffix_text`` default to the graph router's; a toolset's tokens are
-    trained and served under a prompt of their own (``function_calling/toolsets.py``)."""
+    trained and served under a prompt of their own (``toolsets.py``)."""
 
     def __init__(self, tokenize, max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS, *,
                  prefix_text: str = PREFIX, suffix_text: str = SUFFIX):

@@ -62,6 +62,23 @@ def router_messages(query: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": ROUTER_SYSTEM_PROMPT}, {"role": "user", "content": query}]
 
 
+def chatml_prompt(messages: list[dict[str, str]]) -> str:
+    """``messages`` in ChatML (SmolLM2, Qwen2.5, ...), ending with the open assistant turn.
+
+    The template the routers and toolsets trained here read (SmolLM2-Instruct's own).
+    """
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
+
+
+def chatml_split(system_prompt: str) -> tuple[str, str]:
+    """The ChatML prompt of ``system_prompt`` and one user turn, cut where the user's text goes."""
+    cut = "\x00"  # never in a system prompt, so the one place it stands is the user's text
+    prefix, suffix = chatml_prompt([{"role": "system", "content": system_prompt},
+                                    {"role": "user", "content": cut}]).split(cut)
+    return prefix, suffix
+
+
 def functional_token(index: int) -> str:
     """``<nexa_{index}>``, the literal a node's token index stands for."""
     return f"{_TOKEN_PREFIX}{index}>"
@@ -115,7 +132,7 @@ def _fail(text: str, pos: int, problem: str) -> RouterOutputError:
     return RouterOutputError(f"{problem} at character {pos} of router output {_excerpt(text)}")
 
 
-_TOKEN_RE = re.compile(r"<nexa_[0-9]+>")
+_TOKEN_RE = re.compile(re.escape(_TOKEN_PREFIX) + r"[0-9]+>")
 
 
 def parse_router_output(text: str, grammar: RouterGrammar, mode: Mode | None = None) -> RouterDecision:

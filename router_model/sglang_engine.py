@@ -45,6 +45,7 @@ from octogate.router_model.protocol import (
     RouterDecision,
     RouterGrammar,
     RouterOutputError,
+    chatml_prompt,
     parse_router_output,
     router_messages,
 )
@@ -53,22 +54,13 @@ PromptTemplate = Callable[[list[dict[str, str]]], str]
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance")  # SGLang's --grammar-backend values that can run a regex
 
 
-def chatml_prompt(messages: list[dict[str, str]]) -> str:
-    """``messages`` in ChatML (Qwen2.5, SmolLM2, ...), ending with the open assistant turn.
-
-    The default template. It must be the template the served router model was fine-tuned with;
-    pass another ``prompt_template`` for a model that was not (e.g. Gemma or Llama 3 markers).
-    """
-    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return turns + "<|im_start|>assistant\n"
-
-
 def phi3_prompt(messages: list[dict[str, str]]) -> str:
     """``messages`` with Phi-3's markers, the template of NexaAI/Octopus-v4 (a Phi-3-mini fine-tune)."""
     turns = "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages)
     return turns + "<|assistant|>\n"
 
 
+# The template must be the one the served router was fine-tuned with: ChatML for routers trained here.
 PROMPT_TEMPLATES: dict[str, PromptTemplate] = {"chatml": chatml_prompt, "phi3": phi3_prompt}
 
 

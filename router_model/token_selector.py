@@ -1,7 +1,7 @@
 """A trained artifact in llama.cpp: pick the best of some functional tokens for a query, in one step.
 
 Both the graph router (``embedded_engine.py``: which node) and registered toolsets
-(``function_calling/toolsets.py``: which function) decide this way:
+(``toolsets.py``: which function) decide this way:
 
 1. start-up loads the base GGUF with the artifact's LoRA merged in (``merged_model.py``) in
    embedding mode and evaluates the artifact's fixed prompt prefix once;

@@ -1,10 +1,10 @@
 """Registered toolsets: Octopus v2's functional tokens for a fixed set of functions.
 
-A graph may declare toolsets (``toolsets:`` in the graph file, ``gateway.graph.ToolsetConfig``):
+A graph may declare toolsets (``toolsets:`` in the graph file, ``core.graph.ToolsetConfig``):
 named lists of OpenAI tools. ``octogate router train --toolset NAME`` trains one functional token
 per function, plus one for "no call", from examples (``{"query", "function"}``, ``function``
 null for a message that needs none), with the same trainer as the graph router
-(``router_model/training.py``) under this module's short prompt, which names no function.
+(``router_model/training/``) under this module's short prompt, which names no function.
 
 At run time a request to an embedded node whose ``tools`` are all in a registered toolset (same
 names, same parameter schemas; descriptions may differ) is served in two steps:
@@ -14,7 +14,7 @@ names, same parameter schemas; descriptions may differ) is served in two steps:
    offered functions (and "no call" under ``tool_choice: auto``) wins. No function description is
    in this context: that is the paper's context saving;
 2. **arguments**: the embedded chat model writes the chosen function's arguments under its
-   schema's grammar, with only that one function in its prompt (``adapters/tool_calls.py``).
+   schema's grammar, with only that one function in its prompt (``adapters/embedded.py``).
 
 Other requests (tools outside every toolset, a named ``tool_choice``, the extension
 ``"octogate": {"tool_calls": "constrained"}``) take the general path that lists every offered
@@ -34,15 +34,14 @@ import numpy as np
 from octogate.core.errors import UpstreamError
 from octogate.core.llama_runtime import LlamaThread
 from octogate.core.tool_plan import Function, ToolPlan, plan_tools
-from octogate.router_model.prompt_tokens import SUFFIX
+from octogate.router_model.protocol import chatml_split
 from octogate.router_model.token_selector import SelectorError, TokenSelector
 
 #: The label of the "answer without a call" token (not a valid function name, so never a clash).
 NO_CALL = "(no call)"
 TOOLSET_SYSTEM_PROMPT = ("You are an assistant that can call functions. Answer the user's message with the "
                          "functional token of the function to call, or the one for no call.")
-TOOLSET_PREFIX = f"<|im_start|>system\n{TOOLSET_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
-TOOLSET_SUFFIX = SUFFIX
+TOOLSET_PREFIX, TOOLSET_SUFFIX = chatml_split(TOOLSET_SYSTEM_PROMPT)
 SHIPPED_DIR = Path(__file__).resolve().parent / "trained"
 
 

@@ -80,8 +80,8 @@ def test_known_traffic_renders_exact_numbers():
     s = parse(body)
 
     assert value(s, "octogate_requests_in_flight") == 1
-    assert value(s, "octogate_requests_total", model="law", node="law", status="200") == 2
-    assert value(s, "octogate_requests_total", model="nope", node="", status="404") == 1
+    assert value(s, "octogate_requests_total", model="law", node="law", status="200", key="") == 2
+    assert value(s, "octogate_requests_total", model="nope", node="", status="404", key="") == 1
     assert buckets(s, "octogate_request_duration_seconds", model="law", node="law") == cumulative(LLM_BUCKETS, [0.004, 0.3])
     assert value(s, "octogate_request_duration_seconds_count", model="law", node="law") == 2
     assert value(s, "octogate_request_duration_seconds_sum", model="law", node="law") == pytest.approx(0.304)
@@ -93,8 +93,8 @@ def test_known_traffic_renders_exact_numbers():
     assert value(s, "octogate_upstream_duration_seconds_sum", **up, outcome="error") == 7.0
 
     assert buckets(s, "octogate_time_to_first_token_seconds", node="law") == cumulative(LLM_BUCKETS, [0.12])
-    assert value(s, "octogate_tokens_total", node="law", direction="prompt") == 15
-    assert value(s, "octogate_tokens_total", node="law", direction="completion") == 7
+    assert value(s, "octogate_tokens_total", node="law", direction="prompt", key="") == 15
+    assert value(s, "octogate_tokens_total", node="law", direction="completion", key="") == 7
 
     assert buckets(s, "octogate_route_decision_seconds") == cumulative(ROUTE_BUCKETS, [0.0008, 0.03])
     assert value(s, "octogate_route_decision_seconds_sum") == pytest.approx(0.0308)
@@ -125,7 +125,7 @@ def test_unknown_model_names_cannot_grow_the_label_set():
     models = {dict(labels)["model"] for name, labels in s if name == "octogate_requests_total"}
     assert len(models) == UNRESOLVED_MODEL_LABELS + 2
     assert {OTHER_MODEL, "law"} <= models
-    assert value(s, "octogate_requests_total", model=OTHER_MODEL, node="", status="404") == 11
+    assert value(s, "octogate_requests_total", model=OTHER_MODEL, node="", status="404", key="") == 11
 
 
 @single_process
@@ -135,8 +135,8 @@ def test_a_second_instance_replaces_the_first_on_its_registry():
     metrics = Metrics(registry=registry)  # a second app in the same process: no duplicate error
     metrics.request_finished("law", "law", 500, 0.1)
     s = parse(metrics.render()[0])
-    assert value(s, "octogate_requests_total", model="law", node="law", status="500") == 1
-    assert ("octogate_requests_total", frozenset({("model", "law"), ("node", "law"), ("status", "200")})) not in s
+    assert value(s, "octogate_requests_total", model="law", node="law", status="500", key="") == 1
+    assert ("octogate_requests_total", frozenset({("model", "law"), ("node", "law"), ("status", "200"), ("key", "")})) not in s
 
 
 @single_process
@@ -246,7 +246,7 @@ def render_in_fresh_interpreter(env: dict[str, str]) -> dict:
 
 def assert_traffic_of(s: dict, workers: int) -> None:
     n = workers
-    assert value(s, "octogate_requests_total", model="law", node="law", status="200") == 2 * n
+    assert value(s, "octogate_requests_total", model="law", node="law", status="200", key="") == 2 * n
     assert buckets(s, "octogate_request_duration_seconds", model="law", node="law") == cumulative(LLM_BUCKETS, [0.02, 3.0] * n)
     assert value(s, "octogate_request_duration_seconds_count", model="law", node="law") == 2 * n
     assert value(s, "octogate_request_duration_seconds_sum", model="law", node="law") == pytest.approx(3.02 * n)
@@ -255,8 +255,8 @@ def assert_traffic_of(s: dict, workers: int) -> None:
     assert value(s, "octogate_upstream_duration_seconds_count", **up, outcome="error") == n
     assert value(s, "octogate_upstream_duration_seconds_sum", **up, outcome="error") == pytest.approx(1.5 * n)
     assert buckets(s, "octogate_time_to_first_token_seconds", node="law") == cumulative(LLM_BUCKETS, [0.2] * n)
-    assert value(s, "octogate_tokens_total", node="law", direction="prompt") == 10 * n
-    assert value(s, "octogate_tokens_total", node="law", direction="completion") == 5 * n
+    assert value(s, "octogate_tokens_total", node="law", direction="prompt", key="") == 10 * n
+    assert value(s, "octogate_tokens_total", node="law", direction="completion", key="") == 5 * n
     assert buckets(s, "octogate_route_decision_seconds") == cumulative(ROUTE_BUCKETS, [0.002, 0.004] * n)
     assert value(s, "octogate_route_decisions_total", node="law") == n
     assert value(s, "octogate_route_decisions_total", node="general") == n

@@ -42,9 +42,9 @@ def test_metrics_count_known_traffic(upstream, gateway_factory, workers):
     # Several scrapes: with two workers each may be answered by either; all must see every worker's counts.
     for _ in range(4):
         m = scrape(gw.url)
-        assert value(m, "octogate_requests_total", model="plain", node="plain", status="200") == 8
-        assert value(m, "octogate_requests_total", model="ratelimit", node="ratelimit", status="429") == 2
-        assert value(m, "octogate_requests_total", model="nope", node="", status="404") == 1
+        assert value(m, "octogate_requests_total", model="plain", node="plain", status="200", key="") == 8
+        assert value(m, "octogate_requests_total", model="ratelimit", node="ratelimit", status="429", key="") == 2
+        assert value(m, "octogate_requests_total", model="nope", node="", status="404", key="") == 1
         assert value(m, "octogate_request_duration_seconds_count", model="plain", node="plain") == 8
         assert value(m, "octogate_upstream_duration_seconds_count", node="plain", backend="nodes.plain.backend",
                      outcome="ok") == 8
@@ -52,6 +52,6 @@ def test_metrics_count_known_traffic(upstream, gateway_factory, workers):
                      backend="nodes.ratelimit.backend", outcome="error") == 2
         assert value(m, "octogate_time_to_first_token_seconds_count", node="plain") == 3
         # The scripted upstream reports 5 prompt tokens per request; 3 words per streamed answer.
-        assert value(m, "octogate_tokens_total", node="plain", direction="prompt") == 8 * 5
-        assert value(m, "octogate_tokens_total", node="plain", direction="completion") == 5 * 3 + 3 * 3
+        assert value(m, "octogate_tokens_total", node="plain", direction="prompt", key="") == 8 * 5
+        assert value(m, "octogate_tokens_total", node="plain", direction="completion", key="") == 5 * 3 + 3 * 3
         assert value(m, "octogate_requests_in_flight") == 0
