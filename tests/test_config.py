@@ -129,3 +129,74 @@ def test_serve_reads_the_config_named_by_OCTOGATE_CONFIG(tmp_path):
                             env={**os.environ, "OCTOGATE_CONFIG": str(path)})
     assert result.returncode == 1
     assert f"{path}: nodes[0].backend: unknown backend 'nowhere'" in result.stderr.replace("\n", "")
+
+
+UNSET = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OCTOGATE_TEST_UNSET")}
+
+
+@pytest.mark.parametrize("text, expected", [
+    # an unset key would have turned authentication off without a word
+    ("server: {api_keys: [env:OCTOGATE_TEST_UNSET_KEY]}\nnodes:\n  - {name: a, backend: {model: openai/x, api_base: 'http://h/v1'}}\n",
+     "server.api_keys[0]: environment variable OCTOGATE_TEST_UNSET_KEY is not set"),
+    # an unset address would have sent the node's traffic to OpenAI's public endpoint
+    ("nodes:\n  - {name: a, backend: {model: openai/x, api_base: env:OCTOGATE_TEST_UNSET_BASE}}\n",
+     "nodes[0].backend.api_base: environment variable OCTOGATE_TEST_UNSET_BASE is not set"),
+    ("nodes:\n  - {name: a, backend: {model: openai/x, api_base: ['env:OCTOGATE_TEST_UNSET_BASE?']}}\n",
+     "nodes[0].backend.api_base[0]: env:OCTOGATE_TEST_UNSET_BASE? cannot be optional here"),
+    ("server: {api_keys: [{name: team-a, key: env:OCTOGATE_TEST_UNSET_TEAM}]}\n"
+     "nodes:\n  - {name: a, backend: {model: openai/x, api_base: 'http://h/v1'}}\n",
+     "server.api_keys[0].key: environment variable OCTOGATE_TEST_UNSET_TEAM is not set"),
+])
+def test_an_unset_environment_variable_is_a_config_error(tmp_path, text, expected):
+    path = tmp_path / "graph.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_graph(path)
+    assert expected in str(err.value)
+    result = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "serve", "--config", str(path), "--port", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60, env=UNSET)
+    assert result.returncode == 1 and expected in result.stderr.replace("\n", "")
+
+
+def test_an_optional_reference_may_be_unset(tmp_path):
+    path = tmp_path / "graph.yaml"
+    path.write_text("nodes:\n  - {name: a, backend: {model: openai/x, api_base: 'http://h/v1', "
+                    "api_key: 'env:OCTOGATE_TEST_UNSET_KEY?'}}\n")
+    assert load_graph(path).nodes[0].name == "a"
+
+
+def test_check_config_reports_every_problem_at_once(tmp_path):
+    path = tmp_path / "graph.yaml"
+    path.write_text("nodes:\n"
+                    "  - {name: a, token: 3, backend: {model: gpt4}}\n"
+                    "  - {name: b, token: 3, backend: {model: openai/x, timeout: 0}}\n"
+                    "  - {name: a, backend: nowhere, fallbacks: [zz]}\n"
+                    "  - {name: c, backend: {model: openai/x, api_base: env:OCTOGATE_TEST_UNSET_BASE}}\n")
+    result = check_config(path)
+    assert result.returncode == 1
+    err = result.stderr.replace("\n", " ")
+    for problem in ("nodes[0].backend.model: 'gpt4' is not provider/model", "nodes[1].backend.timeout",
+                    "nodes[1].token: token 3 is already used", "nodes[2].name: duplicate node name 'a'",
+                    "nodes[2].backend: unknown backend 'nowhere'", "OCTOGATE_TEST_UNSET_BASE is not set"):
+        assert problem in err, problem
+
+
+def test_fallbacks_name_known_nodes(tmp_path):
+    path = tmp_path / "graph.yaml"
+    path.write_text("nodes:\n  - {name: a, fallbacks: [a, zz], backend: {model: openai/x, api_base: 'http://h/v1'}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_graph(path)
+    assert "nodes[0].fallbacks[0]: a node cannot be its own fallback" in str(err.value)
+    assert "nodes[0].fallbacks[1]: unknown node 'zz'" in str(err.value)
+
+
+def test_a_fallback_chain_follows_the_fallbacks_fallbacks(tmp_path):
+    path = tmp_path / "graph.yaml"
+    path.write_text("nodes:\n"
+                    "  - {name: a, fallbacks: [b], backend: {model: openai/x, api_base: 'http://h/v1'}}\n"
+                    "  - {name: b, fallbacks: [c, a], backend: {model: openai/x, api_base: 'http://h/v1'}}\n"
+                    "  - {name: c, backend: {model: openai/x, api_base: 'http://h/v1'}}\n")
+    graph = load_graph(path)
+    assert graph.fallback_chain("a") == ["b", "c"]
+    assert graph.fallback_chain("b") == ["c", "a"]
+    assert graph.fallback_chain("c") == []
