@@ -54,6 +54,7 @@ COPY core/ ./core/
 COPY gateway/ ./gateway/
 COPY adapters/ ./adapters/
 COPY router_model/ ./router_model/
+COPY agents/ ./agents/
 RUN pip wheel --no-cache-dir --no-index --find-links /wheels --wheel-dir /wheels . \
     && ls -l /wheels
 

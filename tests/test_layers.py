@@ -1,4 +1,4 @@
-"""The package layering of docs/architecture.md, enforced: gateway -> (adapters | router_model) -> core.
+"""The package layering of docs/architecture.md, enforced: gateway -> agents -> (adapters | router_model) -> core.
 
 import-linter reads the contract from pyproject.toml and follows every import, lazy ones inside
 functions included; one import against the arrows fails this test and names the chain."""
@@ -25,7 +25,7 @@ def test_the_packages_keep_their_layers():
 def test_an_upward_import_breaks_the_contract(tmp_path):
     # The same contract over a copy of the layout with one adapter importing the gateway.
     root = tmp_path / "src"
-    for pkg in ("core", "adapters", "router_model", "gateway"):
+    for pkg in ("core", "adapters", "router_model", "agents", "gateway"):
         (root / "octogate" / pkg).mkdir(parents=True)
         (root / "octogate" / pkg / "__init__.py").write_text("")
     (root / "octogate" / "gateway" / "app.py").write_text("import octogate.adapters.backend\n")
