@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -33,16 +34,22 @@ def serve(
     """Serve the graph's nodes behind /v1/chat/completions."""
     import uvicorn
 
+    from octogate.gateway.http_protocol import LIMITS_ENV, LimitedHttpProtocol
+
     path = (config or default_config_path()).resolve()
-    load_graph_or_exit(path)  # fail fast, with a readable message, before any worker starts
+    graph = load_graph_or_exit(path)  # fail fast, with a readable message, before any worker starts
     os.environ[CONFIG_ENV] = str(path)
+    http = graph.server.http
+    os.environ[LIMITS_ENV] = json.dumps(http.model_dump(include={"max_header_bytes", "header_timeout", "body_timeout"}))
     prepare_multiprocess_dir(workers)  # before any worker imports prometheus_client
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["octogate"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
     uvicorn.run(
         "octogate.gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        loop="uvloop", http="httptools", log_level=log_level, log_config=log_config, access_log=access_log,
-        timeout_graceful_shutdown=10,
+        loop="uvloop", http=LimitedHttpProtocol, log_level=log_level, log_config=log_config, access_log=access_log,
+        limit_concurrency=http.max_connections, timeout_keep_alive=http.keepalive_seconds,
+        # SIGTERM: stop accepting, let requests and streams in flight finish for this long, then exit
+        timeout_graceful_shutdown=graph.server.shutdown_grace_seconds,
     )
 
 
