@@ -366,15 +366,33 @@ def cli_source() -> str:
     return Path(spec.origin).read_text()
 
 
+def graceful_shutdown_seconds(files: dict[str, str], where: Path) -> float:
+    """How long `octogate serve` lets requests in flight finish after SIGTERM, for this graph
+    (``files``: the graph volume's contents, written under ``where``)."""
+    argument = re.search(r"timeout_graceful_shutdown=([\w.]+)", cli_source())
+    assert argument, "`octogate serve` no longer sets uvicorn's timeout_graceful_shutdown"
+    if re.fullmatch(r"[0-9.]+", argument.group(1)):
+        return float(argument.group(1))
+    assert argument.group(1).endswith("server.shutdown_grace_seconds"), argument.group(0)
+    from octogate.core.graph import load_graph  # the schema's default when the graph sets none
+
+    for path, content in files.items():
+        (where / path).parent.mkdir(parents=True, exist_ok=True)
+        (where / path).write_text(content)
+    return load_graph(where / "graph.yaml").server.shutdown_grace_seconds
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_grace_period_covers_prestop_and_the_graceful_shutdown(rendered, overlay):
-    graceful = re.search(r"timeout_graceful_shutdown=(\d+)", cli_source())
-    assert graceful, "`octogate serve` no longer sets uvicorn's timeout_graceful_shutdown"
-    pod = one(rendered[overlay], "Deployment", "octogate-gateway")["spec"]["template"]["spec"]
+def test_the_grace_period_covers_prestop_and_the_graceful_shutdown(rendered, overlay, monkeypatch, tmp_path):
+    docs = rendered[overlay]
+    for name, value in pod_env(gateway_container(docs)).items():  # env: references resolve as in the pod
+        monkeypatch.setenv(name, value)
+    graceful = graceful_shutdown_seconds(graph_files(docs), tmp_path)
+    pod = one(docs, "Deployment", "octogate-gateway")["spec"]["template"]["spec"]
     pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     # The pod leaves the endpoints during preStop, then drains for up to `graceful` seconds after SIGTERM.
-    assert int(pre_stop[1]) + int(graceful.group(1)) + 5 <= pod["terminationGracePeriodSeconds"]
+    assert int(pre_stop[1]) + graceful + 5 <= pod["terminationGracePeriodSeconds"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
