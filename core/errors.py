@@ -57,23 +57,26 @@ class OpenAIError(Exception):
 
 
 def format_param(loc: tuple[Any, ...]) -> str | None:
-    """('messages', 0, 'user', 'content') -> 'messages[0].content' (union tags dropped)."""
+    """('messages', 0, 'user', 'content') -> 'messages[0].content' (union tags dropped).
+
+    A name is a union tag only after the first part (``user`` alone is the request's ``user`` field),
+    and a role tag only right after a list index (``metadata.user`` is a metadata key)."""
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _UNION_TAGS or (isinstance(part, str) and ("[" in part or part.startswith("function-"))):
+        elif i and ((part in _TYPE_TAGS or (isinstance(part, str) and ("[" in part or part.startswith("function-"))))
+                    or (part in _ROLE_TAGS and isinstance(loc[i - 1], int))):
             continue
         else:
             out += f".{part}" if out else str(part)
     return out or None
 
 
-# Names pydantic inserts into error paths for union members and discriminated-union tags.
-_UNION_TAGS = frozenset(
-    {"str", "int", "float", "bool", "list", "dict", "none", "system", "developer", "user", "assistant", "tool", "function",
-     "NamedToolChoice", "TextPart", "ContentPart"}
-)
+# Names pydantic inserts into error paths for union members and discriminated-union (role) tags.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "NamedToolChoice", "TextPart", "ContentPart"})
+_ROLE_TAGS = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_UNION_TAGS = _TYPE_TAGS | _ROLE_TAGS
 
 
 def from_validation_error(exc: ValidationError) -> OpenAIError:
@@ -83,7 +86,8 @@ def from_validation_error(exc: ValidationError) -> OpenAIError:
         ctx_err = (err.get("ctx") or {}).get("error")
         param = getattr(ctx_err, "param", None)
         if param:
-            return OpenAIError(400, f"Invalid value for '{param}': {ctx_err.message}", param=param, code="invalid_value")
+            message = f"Invalid value for '{param}': {ctx_err.message}" if ctx_err.prefixed else ctx_err.message
+            return OpenAIError(400, message, param=param, code="invalid_value")
     err = _most_specific(errors)
     param = format_param(err["loc"])
     kind = err["type"]

@@ -2,7 +2,10 @@
 
 The request models exist to *validate* (a clear 400 naming the offending param); the gateway
 forwards the client's own JSON, so every field, documented or not, reaches the backend unchanged.
-Unknown fields are therefore allowed everywhere (``extra="allow"``).
+Unknown fields are therefore allowed everywhere (``extra="allow"``). Declared fields are checked
+strictly, as OpenAI does: ``"max_tokens": "1"`` or ``"stream": "false"`` is a 400 naming the field
+(an integer is still a valid float). octogate's own extension, ``"octogate": {"tool_calls": ...}``,
+is declared here too. Response and chunk models live in ``core/responses.py``.
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class OpenAIBaseModel(BaseModel):
-    """Base of every wire model: unknown fields tolerated, as OpenAI-compatible servers do."""
+    """Base of every request model: unknown fields tolerated, as OpenAI-compatible servers do; declared
+    fields strict (no string where a number or a boolean is expected)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 # ---------------------------------------------------------------- messages
@@ -132,6 +136,22 @@ class StreamOptions(OpenAIBaseModel):
     include_usage: bool | None = None
 
 
+# ---------------------------------------------------------------- octogate's extension
+TOOL_CALL_MODES = ("auto", "toolset", "constrained", "unconstrained")
+ToolCallsMode = Literal["auto", "toolset", "constrained", "unconstrained"]
+
+
+class OctogateExtension(OpenAIBaseModel):
+    """``"octogate": {"tool_calls": MODE}``: how a model without tool calling of its own makes calls.
+
+    ``auto`` (the default: a registered toolset when the tools match one, else constrained),
+    ``toolset`` (a toolset or a 400), ``constrained`` (every function in the prompt,
+    grammar-constrained) or ``unconstrained`` (the same prompt without grammars: the baseline
+    ``fc eval`` compares with)."""
+
+    tool_calls: ToolCallsMode = "auto"
+
+
 # ---------------------------------------------------------------- the request
 class ChatCompletionRequest(OpenAIBaseModel):
     model: str = Field(min_length=1)
@@ -156,6 +176,25 @@ class ChatCompletionRequest(OpenAIBaseModel):
     response_format: ResponseFormat | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+    octogate: OctogateExtension | None = None
+
+    @field_validator("octogate", mode="wrap")
+    @classmethod
+    def _extension(cls, value: Any, handler: Any) -> OctogateExtension | None:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise _ParamError("octogate.tool_calls", "'octogate' must be an object whose 'tool_calls' is one of "
+                              f"{', '.join(repr(m) for m in TOOL_CALL_MODES)}.", prefixed=False) from None
+
+    @property
+    def tool_calls_mode(self) -> ToolCallsMode:
+        return "auto" if self.octogate is None else self.octogate.tool_calls
+
+    @property
+    def max_tokens_asked(self) -> int | None:
+        """The client's token limit, whichever of the two fields it came in."""
+        return self.max_completion_tokens or self.max_tokens
 
     @model_validator(mode="after")
     def _cross_field(self) -> ChatCompletionRequest:
@@ -171,10 +210,11 @@ class ChatCompletionRequest(OpenAIBaseModel):
 class _ParamError(ValueError):
     """A cross-field validation error that names its param."""
 
-    def __init__(self, param: str, message: str):
+    def __init__(self, param: str, message: str, prefixed: bool = True):
         super().__init__(message)
         self.param = param
         self.message = message
+        self.prefixed = prefixed  # False: ``message`` is the whole message, not what follows "Invalid value for"
 
 
 # ---------------------------------------------------------------- /v1/models
