@@ -152,3 +152,9 @@ class UpstreamTimeout(UpstreamError):
 PASS_THROUGH_STATUSES = {400: 400, 413: 413, 422: 400, 429: 429, 504: 504}
 # What another try may mend: the upstream is overloaded, restarting or failing, not the request.
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+
+
+def max_tokens_reached(limit: object, what: str = "message") -> UpstreamError:
+    """The answer (``what``: the message, the tool call) was cut off by the client's token limit: a 400 naming it."""
+    return UpstreamError(400, f"Could not finish the {what} because max_tokens ({limit}) was reached. Please try again "
+                         "with a higher max_tokens.", param="max_tokens", code="max_tokens_reached")

@@ -25,6 +25,7 @@ from octogate.core.graph import (
     GraphConfig,
     RouteCacheConfig,
 )
+from octogate.core.messages import content_text
 from octogate.gateway.metrics import Metrics
 from octogate.gateway.nodes import Node, NodeTable
 from octogate.gateway.tracing import Tracing
@@ -62,11 +63,7 @@ def last_user_text(messages: list[dict[str, Any]]) -> tuple[int, str]:
         m = messages[i]
         if m.get("role") == "user":
             content = m.get("content")
-            if isinstance(content, str):
-                return i, content
-            if isinstance(content, list):
-                return i, " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-            return i, ""
+            return i, content_text(content, " ") if isinstance(content, (str, list)) else ""
     return -1, ""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from octogate.core.messages import content_text
+
 # Attribute names. The GenAI ones are spelled out rather than imported: the semconv package keeps
 # them in an "incubating" module that marks them deprecated (moved to the GenAI repository).
 ERROR_TYPE = "error.type"
@@ -156,7 +158,7 @@ def input_messages(messages: list[Any]) -> list[dict[str, Any]]:
         content = message.get("content")
         if role == "tool":
             parts.append({"type": "tool_call_response", "id": message.get("tool_call_id"),
-                          "response": _text_of(content)})
+                          "response": content_text(content)})
         elif isinstance(content, str):
             parts.append({"type": "text", "content": content})
         elif isinstance(content, list):
@@ -193,12 +195,6 @@ def _content_part(part: dict[str, Any]) -> dict[str, Any]:
             return {"type": "file", "modality": "document", "file_id": file["file_id"]}
         return {"type": "blob", "modality": "document", "content": file.get("file_data", "")}
     return part  # the schema's generic part: any object with a "type"
-
-
-def _text_of(content: Any) -> Any:
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return content
 
 
 def _arguments(raw: Any) -> Any:

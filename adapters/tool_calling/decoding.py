@@ -32,7 +32,7 @@ import numpy as np
 
 from octogate.adapters.tool_calling.grammar import call_grammar
 from octogate.adapters.tool_calling.parsing import InvalidCall, parse_calls
-from octogate.core.errors import UpstreamError
+from octogate.core.errors import UpstreamError, max_tokens_reached
 from octogate.core.tool_plan import Function, ToolPlan
 
 CALL_PREFIX = '{"name": "'
@@ -163,8 +163,6 @@ def generate_calls(llm: Any, tokens: list[int], params: dict[str, Any], plan: To
         except InvalidCall as exc:
             problem, truncated = str(exc), finish == "length"
     if truncated:
-        raise UpstreamError(400, f"Could not finish the tool call because max_tokens ({params.get('max_tokens')}) "
-                            "was reached. Please try again with a higher max_tokens.", param="max_tokens",
-                            code="max_tokens_reached")
+        raise max_tokens_reached(params.get("max_tokens"), "tool call")
     raise UpstreamError(500, f"The embedded model did not produce a valid tool call: {problem}",
                         code="invalid_tool_call")

@@ -1,6 +1,8 @@
-"""Chat turns as the embedded model's prompt sees them: plain (role, text) turns, earlier tool calls
-written as the call JSON the model would have produced, ``role: "tool"`` results as tool turns, and
-the offered functions listed in a system message after the leading system messages."""
+"""Chat turns as a model without tool calling of its own sees them: earlier tool calls written as
+the call JSON the model would have produced, the offered functions listed in a system message
+after the leading system messages. ``flatten_messages`` makes the embedded model's plain (role,
+text) turns (``role: "tool"`` results as tool turns); ``structured.plain_turns`` makes turns any
+remote chat server accepts, with the same ``written_calls``."""
 
 from __future__ import annotations
 
@@ -8,29 +10,44 @@ import json
 from typing import Any
 
 from octogate.core.errors import UpstreamError
+from octogate.core.messages import content_text, leading_system
 from octogate.core.tool_plan import ToolPlan
 
 
 def text_of(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for i, part in enumerate(content):
-        if part.get("type") != "text":
-            raise UpstreamError(
-                400, f"The embedded model reads text only; content part type '{part.get('type')}' is not supported.",
-                param=f"{where}.content[{i}].type", code="unsupported_content",
-            )
-        texts.append(part.get("text", ""))
-    return "".join(texts)
+    """The text of a message's content for a model that reads text only: any other part is a 400 naming it."""
+    def refuse(i: int, part: Any) -> None:
+        raise UpstreamError(
+            400, f"The embedded model reads text only; content part type '{part.get('type')}' is not supported.",
+            param=f"{where}.content[{i}].type", code="unsupported_content",
+        )
+
+    return content_text(content, on_other=refuse)
 
 
 def call_text(calls: list[tuple[str, Any]]) -> str:
     """Calls written the way the grammar makes the model write them."""
     objs = [{"name": name, "arguments": args} for name, args in calls]
     return json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False)
+
+
+def written_calls(message: dict[str, Any], text: str, names: dict[str, str] | None = None) -> str:
+    """An assistant message's text with its ``tool_calls`` (or legacy ``function_call``) written after
+    it as the call JSON the model is asked to write. ``names`` collects each call id's function name."""
+    raw = message.get("tool_calls") or ([{"function": message["function_call"]}] if message.get("function_call") else [])
+    calls = []
+    for call in raw:
+        fn = call.get("function") or {}
+        if names is not None and call.get("id"):
+            names[call["id"]] = fn.get("name", "")
+        try:
+            args = json.loads(fn.get("arguments") or "{}")
+        except (TypeError, ValueError):
+            args = fn.get("arguments")
+        calls.append((fn.get("name", ""), args))
+    if not calls:
+        return text
+    return f"{text}\n{call_text(calls)}" if text else call_text(calls)
 
 
 def flatten_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -43,17 +60,8 @@ def flatten_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
             role = "system"
         elif role == "function":
             role = "tool"
-        elif role == "assistant" and (m.get("tool_calls") or m.get("function_call")):
-            raw = m.get("tool_calls") or [{"function": m["function_call"]}]
-            calls = []
-            for call in raw:
-                fn = call.get("function") or {}
-                try:
-                    args = json.loads(fn.get("arguments") or "{}")
-                except (TypeError, ValueError):
-                    args = fn.get("arguments")
-                calls.append((fn.get("name", ""), args))
-            text = f"{text}\n{call_text(calls)}" if text else call_text(calls)
+        elif role == "assistant":
+            text = written_calls(m, text)
         flat.append({"role": role, "content": text})
     return flat
 
@@ -69,17 +77,17 @@ def tools_system_text(plan: ToolPlan) -> str:
     return "\n".join(lines)
 
 
+def after_system(messages: list[dict[str, Any]], *inserted: dict[str, Any]) -> list[dict[str, Any]]:
+    """``inserted`` put after the leading system messages (the persona's, the client's)."""
+    lead = leading_system(messages)
+    return [*messages[:lead], *inserted, *messages[lead:]]
+
+
 def with_tools(flat: list[dict[str, str]], plan: ToolPlan) -> list[dict[str, str]]:
     """The tools' system message, after the leading system messages (the persona's, the client's)."""
-    lead = 0
-    while lead < len(flat) and flat[lead]["role"] == "system":
-        lead += 1
-    return [*flat[:lead], {"role": "system", "content": tools_system_text(plan)}, *flat[lead:]]
+    return after_system(flat, {"role": "system", "content": tools_system_text(plan)})
 
 
 def baseline_messages(flat: list[dict[str, str]]) -> list[dict[str, str]]:
     """The same system prompt with a content-free user turn: what ``auto`` calibrates against."""
-    lead = 0
-    while lead < len(flat) and flat[lead]["role"] == "system":
-        lead += 1
-    return [*flat[:lead], {"role": "user", "content": "N/A"}]
+    return [*flat[:leading_system(flat)], {"role": "user", "content": "N/A"}]
