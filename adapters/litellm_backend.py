@@ -10,11 +10,12 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
+from pydantic import ValidationError
 
 from octogate.adapters.base import Backend
 from octogate.core.errors import PASS_THROUGH_STATUSES, RETRYABLE_STATUSES, UpstreamError, UpstreamTimeout
 from octogate.core.graph import BackendConfig, resolve_secret
+from octogate.core.responses import ChatCompletion, ChatCompletionChunk, render
 
 
 def _litellm():
@@ -78,14 +79,14 @@ class LiteLLMBackend(Backend):
             raise
         except Exception as exc:  # LiteLLM raises its own OpenAI-shaped exception family
             raise self._translate(exc) from None
-        return orjson.dumps(resp.model_dump(exclude_none=True))
+        return _typed(ChatCompletion, resp)
 
     async def stream(self, payload: dict[str, Any],
                      trace_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         try:
             chunks = await self._lib.acompletion(**self._kwargs(payload, stream=True, trace_headers=trace_headers))
             async for chunk in chunks:
-                yield orjson.dumps(chunk.model_dump(exclude_none=True))
+                yield _typed(ChatCompletionChunk, chunk)
         except UpstreamError:
             raise
         except Exception as exc:
@@ -94,3 +95,12 @@ class LiteLLMBackend(Backend):
     async def check_ready(self) -> str:
         # LiteLLM offers no provider-neutral liveness probe; configuration being loaded is all we know.
         return "configured"
+
+
+def _typed(model: type[ChatCompletion | ChatCompletionChunk], answer: Any) -> bytes:
+    """LiteLLM's answer read as the protocol's completion (or chunk) and rendered from it."""
+    try:
+        return render(model.model_validate(answer.model_dump(exclude_none=True)))
+    except ValidationError as exc:
+        raise UpstreamError(502, f"The provider's answer is not a chat completion: {exc.errors()[0]['msg']}",
+                            type="upstream_error", code="upstream_error") from None

@@ -15,9 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from octogate.core.errors import OpenAIError
 from octogate.core.graph import HistoryConfig
+from octogate.core.messages import SYSTEM_ROLES, leading_system
+from octogate.core.responses import ChatMessage
 from octogate.gateway.auth import bearer_token
 from octogate.gateway.history import (
     ConversationStore,
@@ -30,7 +33,6 @@ from octogate.gateway.metrics import Metrics
 
 CONVERSATION_HEADER = b"x-conversation-id"
 HISTORY_HEADER = b"x-octogate-history"
-_SYSTEM_ROLES = ("system", "developer")
 
 
 def conversation_id(header: bytes | None, data: dict[str, Any]) -> str | None:
@@ -86,10 +88,8 @@ class Conversations:
     async def begin(self, conversation: str, authorization: str | None, data: dict[str, Any]) -> Turn:
         """Insert the stored history into ``data["messages"]`` (in place); return the turn to record."""
         messages = data["messages"]
-        lead = 0
-        while lead < len(messages) and messages[lead].get("role") in _SYSTEM_ROLES:
-            lead += 1
-        new_messages = [m for m in messages[lead:] if m.get("role") not in _SYSTEM_ROLES]
+        lead = leading_system(messages)
+        new_messages = [m for m in messages[lead:] if m.get("role") not in SYSTEM_ROLES]
         turn = Turn(scope_for_key(bearer_token(authorization)), conversation, new_messages, None)
         if self.store is None:
             turn.header = b"disabled"
@@ -139,12 +139,13 @@ def _not_found(conversation: str) -> OpenAIError:
 
 
 def answer_of(completion: dict[str, Any]) -> dict[str, Any] | None:
-    """The assistant message of a parsed non-streamed completion (its first choice)."""
+    """The assistant message of a parsed non-streamed completion (its first choice), read as the
+    protocol's ``ChatMessage``, without its empty fields; None when there is no such message."""
     try:
-        message = completion["choices"][0]["message"]
-    except (KeyError, IndexError, TypeError):
+        message = ChatMessage.model_validate(completion["choices"][0]["message"])
+    except (KeyError, IndexError, TypeError, ValidationError):
         return None
-    return {k: v for k, v in message.items() if v is not None} if isinstance(message, dict) else None
+    return message.model_dump(exclude_none=True)
 
 
 class AnswerAssembler:
@@ -188,6 +189,7 @@ class AnswerAssembler:
         """Called once the stream has ended normally, before [DONE]; subclasses record the answer."""
 
     def answer(self) -> dict[str, Any] | None:
+        """The assembled message as ``answer_of`` reads a non-streamed one."""
         if not self.seen:
             return None
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content)}

@@ -91,7 +91,8 @@ class _ClientGone(Exception):
     """The client disconnected before its request was read."""
 
 
-def parse_request(body: bytes) -> dict[str, Any]:
+def parse_request(body: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
+    """The request body as the client wrote it (what is forwarded) and as the validated protocol model."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -99,10 +100,10 @@ def parse_request(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise OpenAIError(400, "The request body must be a JSON object.", code="invalid_json")
     try:
-        ChatCompletionRequest.model_validate(data)
+        request = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
         raise from_validation_error(exc) from None
-    return data
+    return data, request
 
 
 def _completion_summary(body: bytes) -> dict[str, Any]:
@@ -159,8 +160,8 @@ class ChatService:
                 elif name == CONVERSATION_HEADER:
                     conversation = value
             self.keys.check(authorization)
-            data = parse_request(await read_body(receive, content_length, self.max_body_bytes))
-            model = data["model"]
+            data, request = parse_request(await read_body(receive, content_length, self.max_body_bytes))
+            model = request.model
             cid = conversation_id(conversation, data)
             routed = self.router is not None and model == self.router.name
             node = None if routed else self.nodes.resolve(model)
@@ -172,7 +173,7 @@ class ChatService:
             if routed:
                 node, route_headers = await self.router.route(data)
             node_name = node.name
-            if data.get("stream"):
+            if request.stream:
                 status = await self._stream(node, data, turn, route_headers, started, receive, send)
             else:
                 status = await self._complete(node, data, turn, route_headers, send)
@@ -191,25 +192,19 @@ class ChatService:
     async def _complete(self, node: Node, data: dict[str, Any], turn: Turn | None,
                         route_headers: list[tuple[bytes, bytes]], send: Any) -> int:
         payload = node.build_payload(data)
-        t0 = time.perf_counter()
         with self.tracing.backend_span(**node.trace_target, stream=False, request=payload) as span:
+            call = _BackendCall(self, node, span)
             try:
                 body = await node.backend.complete(payload, self.tracing.inject(_NO_HEADERS))
             except UpstreamError as exc:
-                raise self._upstream_failed(node, span, t0, exc, payload, data) from None
-            self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=True)
+                raise call.failed(exc, payload, data) from None
             summary = _completion_summary(body)  # the one parse of the body: usage, span, history
             prompt_tokens, completion_tokens = _tokens(summary.get("usage"))
-            self.metrics.tokens(node.name, prompt_tokens, completion_tokens)
             answer = answer_of(summary) if turn is not None or self.tracing.capture_content else None
-            if span is not None:
-                choices = summary.get("choices") or []
-                self.tracing.record_response(
-                    span, response_model=summary.get("model"), response_id=summary.get("id"),
-                    input_tokens=prompt_tokens, output_tokens=completion_tokens,
-                    finish_reasons=[c.get("finish_reason") for c in choices if c.get("finish_reason")],
-                    output_text=(answer or {}).get("content") if self.tracing.capture_content else None,
-                )
+            choices = summary.get("choices") if span is not None else None
+            call.finished(True, prompt_tokens, completion_tokens, summary.get("model"), summary.get("id"),
+                          [c.get("finish_reason") for c in choices or () if c.get("finish_reason")],
+                          (answer or {}).get("content") if self.tracing.capture_content else None)
         headers = [*_JSON_HEADERS, (NODE_HEADER, node.name.encode()), *route_headers]
         if turn is not None:
             with self.tracing.child_span("octogate.history.append"):
@@ -222,8 +217,8 @@ class ChatService:
     async def _stream(self, node: Node, data: dict[str, Any], turn: Turn | None,
                       route_headers: list[tuple[bytes, bytes]], started: float, receive: Any, send: Any) -> int:
         payload = node.build_payload(data)
-        t0 = time.perf_counter()
         with self.tracing.backend_span(**node.trace_target, stream=True, request=payload) as span:
+            call = _BackendCall(self, node, span)
             chunks = node.backend.stream(payload, self.tracing.inject(_NO_HEADERS))
             # Wait for the first chunk before answering, so a refused request still gets its HTTP status.
             try:
@@ -231,7 +226,7 @@ class ChatService:
             except StopAsyncIteration:
                 first = None
             except UpstreamError as exc:
-                raise self._upstream_failed(node, span, t0, exc, payload, data) from None
+                raise call.failed(exc, payload, data) from None
             self.metrics.time_to_first_token(node.name, time.perf_counter() - started)
             self.tracing.first_token(span)
             headers = [*_SSE_HEADERS, (NODE_HEADER, node.name.encode()), *route_headers]
@@ -243,23 +238,43 @@ class ChatService:
             elif span is not None:
                 recorder = AnswerAssembler()  # what the span reports: model, id, finish reasons, text
             outcome = await stream_sse(send, receive, headers, first, chunks, recorder)
-            self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=outcome.ok)
-            self.metrics.tokens(node.name, outcome.prompt_tokens, outcome.completion_tokens)
-            if span is not None:
-                self.tracing.record_response(
-                    span, response_model=recorder.model, response_id=recorder.response_id,
-                    input_tokens=outcome.prompt_tokens or None, output_tokens=outcome.completion_tokens or None,
-                    finish_reasons=recorder.finish_reasons, output_text="".join(recorder.content),
-                )
-                if not outcome.ok:
-                    self.tracing.record_error(span, 502, "the upstream failed mid-stream", "upstream_error")
+            call.finished(outcome.ok, outcome.prompt_tokens, outcome.completion_tokens,
+                          *((recorder.model, recorder.response_id, recorder.finish_reasons, "".join(recorder.content))
+                            if recorder is not None else (None, None, None, None)))
         return 499 if outcome.client_gone else 200
 
-    def _upstream_failed(self, node: Node, span: Any, t0: float, exc: UpstreamError, payload: dict[str, Any],
-                         data: dict[str, Any]) -> OpenAIError:
-        """Record a backend call that failed before answering; the error to send the client."""
-        self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=False)
-        self.tracing.record_error(span, exc.status, exc.message, exc.code or exc.type)
+
+class _BackendCall:
+    """One call to a node's backend: the per-call bookkeeping both paths share. ``finished`` records
+    the call and its tokens in the metrics and the response on the span; ``failed`` does the same for
+    a call refused before answering and gives the error to send the client."""
+
+    __slots__ = ("node", "service", "span", "t0")
+
+    def __init__(self, service: ChatService, node: Node, span: Any):
+        self.service = service
+        self.node = node
+        self.span = span
+        self.t0 = time.perf_counter()
+
+    def finished(self, ok: bool, prompt_tokens: int, completion_tokens: int, model: str | None,
+                 response_id: str | None, finish_reasons: list[str] | None, output_text: str | None) -> None:
+        service, node = self.service, self.node
+        service.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - self.t0, ok=ok)
+        service.metrics.tokens(node.name, prompt_tokens, completion_tokens)
+        if self.span is not None:
+            service.tracing.record_response(
+                self.span, response_model=model, response_id=response_id, input_tokens=prompt_tokens or None,
+                output_tokens=completion_tokens or None, finish_reasons=finish_reasons, output_text=output_text,
+            )
+            if not ok:
+                service.tracing.record_error(self.span, 502, "the upstream failed mid-stream", "upstream_error")
+
+    def failed(self, exc: UpstreamError, payload: dict[str, Any], data: dict[str, Any]) -> OpenAIError:
+        """Record a call that failed before answering; the error to send the client."""
+        service, node = self.service, self.node
+        service.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - self.t0, ok=False)
+        service.tracing.record_error(self.span, exc.status, exc.message, exc.code or exc.type)
         return to_openai_error(exc, _prepended(payload, data))
 
 

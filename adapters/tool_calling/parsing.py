@@ -4,10 +4,10 @@ loosely (the unconstrained baseline), and written as OpenAI ``tool_calls`` objec
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
 from octogate.core.json_schema import validation_error
+from octogate.core.responses import ChunkDelta, ResponseToolCall, ToolCallDelta
 from octogate.core.tool_plan import ToolPlan
 
 
@@ -37,7 +37,7 @@ def parse_calls(text: str, plan: ToolPlan) -> list[tuple[str, Any]]:
     return calls
 
 
-def loose_calls(text: str, plan: ToolPlan) -> list[dict[str, Any]]:
+def loose_calls(text: str, plan: ToolPlan) -> list[ResponseToolCall]:
     """Calls read from *unconstrained* text, as a client of a model without octogate would read them:
     the outermost JSON object or array in the text, each item naming an offered function. The
     arguments are passed on exactly as written, valid or not (that is what the baseline measures)."""
@@ -55,25 +55,24 @@ def loose_calls(text: str, plan: ToolPlan) -> list[dict[str, Any]]:
         if isinstance(item, dict) and item.get("name") in names:
             args = item.get("arguments", item.get("parameters", {}))
             raw = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False, separators=(",", ":"))
-            calls.append({"id": f"call_{secrets.token_hex(12)}", "type": "function",
-                          "function": {"name": item["name"], "arguments": raw}})
+            calls.append(ResponseToolCall.of(item["name"], raw))
     return calls
 
 
-def tool_call_objects(calls: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-    return [{"id": f"call_{secrets.token_hex(12)}", "type": "function",
-             "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False, separators=(",", ":"))}}
+def tool_call_objects(calls: list[tuple[str, Any]]) -> list[ResponseToolCall]:
+    return [ResponseToolCall.of(name, json.dumps(args, ensure_ascii=False, separators=(",", ":")))
             for name, args in calls]
 
 
-def stream_deltas(tool_calls: list[dict[str, Any]], piece: int = 12) -> list[dict[str, Any]]:
+def stream_deltas(tool_calls: list[ResponseToolCall], piece: int = 12) -> list[ChunkDelta]:
     """The ``delta`` objects OpenAI streams for these calls: name first, then argument fragments."""
     deltas = []
     for index, call in enumerate(tool_calls):
-        fn = call["function"]
-        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                       "function": {"name": fn["name"], "arguments": ""}}]})
-        args = fn["arguments"]
+        fn = call.function
+        deltas.append(ChunkDelta(tool_calls=[ToolCallDelta(index=index, id=call.id, type="function",
+                                                           function={"name": fn.name, "arguments": ""})]))
+        args = fn.arguments
         for start in range(0, len(args), piece):
-            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": args[start:start + piece]}}]})
+            deltas.append(ChunkDelta(tool_calls=[ToolCallDelta(index=index,
+                                                               function={"arguments": args[start:start + piece]})]))
     return deltas

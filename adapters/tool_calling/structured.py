@@ -5,7 +5,7 @@ llama.cpp server, or a LiteLLM provider) is wrapped in ``StructuredToolCalls``. 
 ``tools`` is then answered in three steps:
 
 1. **Check.** ``tools``, ``tool_choice`` and each function's ``parameters`` go through
-   ``adapters.tool_calls.plan_tools``, so a bad request is the same 400 (``param`` naming the exact
+   ``core.tool_plan.plan_tools``, so a bad request is the same 400 (``param`` naming the exact
    schema path) as on the embedded model.
 2. **Ask under a schema.** ``tools``, ``tool_choice`` and ``parallel_tool_calls`` are removed; the
    functions are listed in a system message (``tools_system_text``, one JSON line each); earlier
@@ -19,7 +19,7 @@ llama.cpp server, or a LiteLLM provider) is wrapped in ``StructuredToolCalls``. 
    alternative ``{"content": <the answer>}``. ``required`` leaves the no-call alternative out; a named
    function offers only that function, once.
 3. **Validate.** The reply is parsed and each call's arguments are checked against the full schema with
-   the same ``jsonschema`` check the embedded model uses (``adapters.json_schema.validation_error``;
+   the same ``jsonschema`` check the embedded model uses (``core.json_schema.validation_error``;
    grammar engines skip keywords such as ``minimum``). A reply that fails is retried once, with the
    reply and the reason it failed put back to the model; a second failure is a 502
    ``invalid_tool_call``, never an invalid call returned. A reply cut off by ``max_tokens`` is a 400
@@ -44,6 +44,8 @@ Streaming requests get OpenAI's chunk format (``delta.tool_calls`` with ``index`
 then ``arguments`` fragments, ``finish_reason: "tool_calls"``; or ``delta.content`` pieces), and a
 usage chunk when the client asked for one and the upstream reported usage (summed over attempts).
 
+The backend follows the translating template (``adapters/translating.py``): prepare (the request
+checked and rebuilt under the schema), generate (the asking, validating and retrying), render.
 Requests without ``tools`` go to the wrapped backend untouched (``complete`` and ``stream`` return
 its own coroutine and iterator: no extra await, no copy); with ``tool_choice: none`` the tools are
 removed, tool turns are made plain, and the request is passed through as an ordinary one. Errors
@@ -54,9 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -64,15 +63,14 @@ from typing import Any
 import orjson
 
 from octogate.adapters.base import Backend
-from octogate.adapters.tool_calling.parsing import (
-    InvalidCall,
-    parse_calls,
-    stream_deltas,
-    tool_call_objects,
-)
-from octogate.adapters.tool_calling.prompt import call_text, tools_system_text
-from octogate.core.errors import UpstreamError
+from octogate.adapters.tool_calling.parsing import InvalidCall, parse_calls, tool_call_objects
+from octogate.adapters.tool_calling.prompt import after_system, tools_system_text, written_calls
+from octogate.adapters.translating import Answer, AnswerChoice, Origin, TranslatingBackend
+from octogate.core.errors import UpstreamError, max_tokens_reached
 from octogate.core.json_schema import normalise, validation_error
+from octogate.core.messages import content_text
+from octogate.core.protocol import ChatCompletionRequest
+from octogate.core.responses import ResponseToolCall, Usage
 from octogate.core.tool_plan import MAX_PARALLEL, ToolPlan, plan_tools
 
 ATTEMPTS = 2
@@ -82,10 +80,22 @@ _TOOL_FIELDS = frozenset({"tools", "tool_choice", "parallel_tool_calls"})
 # reply is one non-streamed JSON value (stop strings would cut it; they are applied to a text answer
 # afterwards), logprobs would describe the JSON rather than the answer, and response_format is ours.
 _REBUILT = _TOOL_FIELDS | {"stream", "stream_options", "logprobs", "top_logprobs", "response_format", "n", "stop"}
-_PIECES = re.compile(r"\s*\S+|\s+$")
 
 
-class StructuredToolCalls(Backend):
+@dataclass
+class _Job:
+    """A request with tools, rebuilt to be asked under the calls' schema."""
+
+    request: ChatCompletionRequest
+    plan: ToolPlan
+    answer_schema: dict[str, Any] | None
+    messages: list[dict[str, Any]]  # the conversation as asked (without a retry's correction)
+    upstream: dict[str, Any]  # the request the wrapped backend receives
+    trace_headers: dict[str, str] | None
+    source: dict[str, Any] | None = None  # the upstream's completion (its id, model, created), once answered
+
+
+class StructuredToolCalls(TranslatingBackend):
     """Wraps a remote backend whose model has no tool calling: octogate makes the calls (module docstring)."""
 
     def __init__(self, inner: Backend):
@@ -105,76 +115,72 @@ class StructuredToolCalls(Backend):
     def complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> Awaitable[bytes]:
         if "tools" not in payload:
             return self.inner.complete(payload, trace_headers)
-        return self._complete(payload, trace_headers)
+        return super().complete(payload, trace_headers)
 
     def stream(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         if "tools" not in payload:
             return self.inner.stream(payload, trace_headers)
-        return self._stream(payload, trace_headers)
+        return super().stream(payload, trace_headers)
 
-    async def _complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None) -> bytes:
-        plan = _plan(payload)
+    def forward_complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None) -> Awaitable[bytes]:
+        return self.inner.complete(without_tools(payload), trace_headers)
+
+    def forward_stream(self, payload: dict[str, Any], trace_headers: dict[str, str] | None) -> AsyncIterator[bytes]:
+        return self.inner.stream(without_tools(payload), trace_headers)
+
+    # ------------------------------------------------------------------ the translating template
+    def prepare(self, request: ChatCompletionRequest, payload: dict[str, Any],
+                trace_headers: dict[str, str] | None) -> _Job | None:
+        plan = _plan(request, payload)
         if plan is None:
-            return await self.inner.complete(without_tools(payload), trace_headers)
-        reply = await self._reply(payload, plan, trace_headers)
-        return orjson.dumps(reply.completion())
-
-    async def _stream(self, payload: dict[str, Any], trace_headers: dict[str, str] | None) -> AsyncIterator[bytes]:
-        plan = _plan(payload)
-        if plan is None:
-            chunks = self.inner.stream(without_tools(payload), trace_headers)
-            try:
-                async for chunk in chunks:
-                    yield chunk
-            finally:
-                await chunks.aclose()  # a client gone mid-stream closes the upstream connection now
-            return
-        # The whole reply is validated before the first chunk: a refusal is still an HTTP error.
-        reply = await self._reply(payload, plan, trace_headers)
-        for chunk in reply.chunks(bool((payload.get("stream_options") or {}).get("include_usage"))):
-            yield orjson.dumps(chunk)
-
-    async def _reply(self, payload: dict[str, Any], plan: ToolPlan,
-                     trace_headers: dict[str, str] | None) -> _Reply:
-        """Ask the wrapped backend under the calls' schema; validate; retry once with the reason."""
-        answer_schema = _answer_schema(payload) if plan.mode == "auto" else None
+            return None
+        answer_schema = _answer_schema(request) if plan.mode == "auto" else None
         messages = with_tool_prompt(plain_turns(payload["messages"]), plan, answer_schema)
-        request = {k: v for k, v in payload.items() if k not in _REBUILT}
-        request["messages"] = messages
-        request["response_format"] = {"type": "json_schema", "json_schema": {
+        upstream = {k: v for k, v in payload.items() if k not in _REBUILT}
+        upstream["messages"] = messages
+        upstream["response_format"] = {"type": "json_schema", "json_schema": {
             "name": SCHEMA_NAME, "schema": reply_schema(plan, answer_schema), "strict": True}}
-        usage: dict[str, int] | None = None
+        return _Job(request, plan, answer_schema, messages, upstream, trace_headers)
+
+    async def generate(self, job: _Job) -> Answer:
+        """Ask the wrapped backend under the calls' schema; validate; retry once with the reason."""
+        usage: Usage | None = None
         problem = ""
         for _ in range(ATTEMPTS):
-            body = _completion_body(await self.inner.complete(request, trace_headers), self.label)
+            body = _completion_body(await self.inner.complete(job.upstream, job.trace_headers), self.label)
+            job.source = body
             usage = _add_usage(usage, body.get("usage"))
             choice = body["choices"][0]
             text = (choice.get("message") or {}).get("content")
             try:
                 if not isinstance(text, str):
                     raise InvalidCall("the reply has no text content")
-                calls, answer = read_reply(text, plan, answer_schema)
+                calls, answer = read_reply(text, job.plan, job.answer_schema)
             except InvalidCall as exc:
                 if choice.get("finish_reason") == "length":
-                    raise UpstreamError(
-                        400, f"Could not finish the tool call because max_tokens ({_max_tokens(payload)}) was "
-                        "reached. Please try again with a higher max_tokens.", param="max_tokens",
-                        code="max_tokens_reached") from None
+                    raise max_tokens_reached(job.request.max_tokens_asked, "tool call") from None
                 problem = str(exc)
-                request["messages"] = [*messages, {"role": "assistant", "content": text or ""}, {
+                job.upstream["messages"] = [*job.messages, {"role": "assistant", "content": text or ""}, {
                     "role": "user", "content": f"That reply is not valid: {problem}. Reply again with only the "
                     "corrected JSON."}]
                 continue
-            if answer is not None:
-                answer = _apply_stop(answer, payload.get("stop"))
-            return _Reply(body, calls, answer, usage)
+            if calls is not None:
+                return Answer([AnswerChoice.calls(calls)], usage)
+            return Answer([AnswerChoice(_apply_stop(answer, job.request.stop))], usage)
         raise UpstreamError(502, f"Upstream {self.label} did not produce a valid tool call in {ATTEMPTS} attempts: "
                             f"{problem}", type="upstream_error", code="invalid_tool_call")
 
+    def origin(self, job: _Job) -> Origin:
+        source = job.source or {}
+        origin = Origin(model=source.get("model"), system_fingerprint=source.get("system_fingerprint") or None)
+        origin.id = source.get("id") or origin.id
+        origin.created = source.get("created") or origin.created
+        return origin
+
 
 # ---------------------------------------------------------------------------------------------- request
-def _plan(payload: dict[str, Any]) -> ToolPlan | None:
-    if payload.get("tools") and payload.get("tool_choice") != "none" and (payload.get("n") or 1) > 1:
+def _plan(request: ChatCompletionRequest, payload: dict[str, Any]) -> ToolPlan | None:
+    if request.tools and request.tool_choice != "none" and (request.n or 1) > 1:
         raise UpstreamError(400, "octogate makes one tool-calling choice per request for this model; send n=1 with "
                             "'tools' (or tool_choice 'none').", param="n", code="unsupported_parameter")
     return plan_tools(payload)
@@ -187,21 +193,11 @@ def without_tools(payload: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return str(content)
-
-
 def plain_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The conversation with its tool turns rewritten as turns any chat server accepts.
 
     An assistant message's ``tool_calls`` become its text, written as the calls the model is asked to
-    write (``tool_calls.call_text``); ``role: "tool"`` (and legacy ``function``) results become a user
+    write (``prompt.written_calls``); ``role: "tool"`` (and legacy ``function``) results become a user
     turn ``Result of NAME: ...``, consecutive results and a user message right after them sharing one turn,
     so that user and assistant turns still alternate. Other messages are passed on as they are."""
     names: dict[str, str] = {}
@@ -210,24 +206,10 @@ def plain_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for m in messages:
         role = m.get("role")
         if role == "assistant" and ("tool_calls" in m or "function_call" in m):
-            raw = m.get("tool_calls") or ([{"function": m["function_call"]}] if m.get("function_call") else [])
-            calls = []
-            for call in raw:
-                fn = call.get("function") or {}
-                if call.get("id"):
-                    names[call["id"]] = fn.get("name", "")
-                try:
-                    args = json.loads(fn.get("arguments") or "{}")
-                except (TypeError, ValueError):
-                    args = fn.get("arguments")
-                calls.append((fn.get("name", ""), args))
-            text = _text(m.get("content"))
-            if calls:
-                text = f"{text}\n{call_text(calls)}" if text else call_text(calls)
-            out.append({"role": "assistant", "content": text})
+            out.append({"role": "assistant", "content": written_calls(m, content_text(m.get("content")), names)})
         elif role in ("tool", "function"):
             name = m.get("name") or names.get(m.get("tool_call_id") or "") or "the function"
-            result = f"Result of {name}: {_text(m.get('content'))}"
+            result = f"Result of {name}: {content_text(m.get('content'))}"
             if results_at == len(out) - 1 and results_at >= 0:
                 out[results_at] = {"role": "user", "content": f"{out[results_at]['content']}\n{result}"}
             else:
@@ -250,19 +232,16 @@ def with_tool_prompt(messages: list[dict[str, Any]], plan: ToolPlan,
     if answer_schema is not None:
         answer = '"<your answer>"' if answer_schema.get("type") == "string" else "<your answer, as JSON>"
         lines.append(f'If no function is needed, reply with only JSON: {{"content": {answer}}}.')
-    lead = 0
-    while lead < len(messages) and messages[lead].get("role") in ("system", "developer"):
-        lead += 1
-    return [*messages[:lead], {"role": "system", "content": "\n".join(lines)}, *messages[lead:]]
+    return after_system(messages, {"role": "system", "content": "\n".join(lines)})
 
 
-def _answer_schema(payload: dict[str, Any]) -> dict[str, Any]:
+def _answer_schema(request: ChatCompletionRequest) -> dict[str, Any]:
     """What a text answer (``tool_choice: auto``, no call) must be: a string, or the client's response_format."""
-    fmt = payload.get("response_format") or {}
-    if fmt.get("type") == "json_object":
+    fmt = request.response_format
+    if fmt is not None and fmt.type == "json_object":
         return {"type": "object"}
-    if fmt.get("type") == "json_schema":
-        return normalise((fmt.get("json_schema") or {}).get("schema") or {}, "response_format.json_schema.schema")
+    if fmt is not None and fmt.type == "json_schema":
+        return normalise(fmt.json_schema.schema_ or {}, "response_format.json_schema.schema")
     return {"type": "string", "minLength": 1}  # an empty answer is no answer
 
 
@@ -283,7 +262,7 @@ def reply_schema(plan: ToolPlan, answer_schema: dict[str, Any] | None) -> dict[s
 
 # ---------------------------------------------------------------------------------------------- reply
 def read_reply(text: str, plan: ToolPlan,
-               answer_schema: dict[str, Any] | None) -> tuple[list[dict[str, Any]] | None, str | None]:
+               answer_schema: dict[str, Any] | None) -> tuple[list[ResponseToolCall] | None, str | None]:
     """(OpenAI tool_call objects, None) or (None, the text answer); InvalidCall when the reply is neither."""
     try:
         value = json.loads(text)
@@ -315,19 +294,16 @@ def _completion_body(raw: bytes, label: str) -> dict[str, Any]:
     return body
 
 
-def _add_usage(total: dict[str, int] | None, usage: Any) -> dict[str, int] | None:
+def _add_usage(total: Usage | None, usage: Any) -> Usage | None:
+    """The usage of every attempt added up; None while no upstream reply has reported any."""
     if not isinstance(usage, dict):
         return total
-    total = dict(total or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
-    for key in total:
+    total = total.model_copy() if total is not None else Usage()
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
         value = usage.get(key)
         if isinstance(value, int):
-            total[key] += value
+            setattr(total, key, getattr(total, key) + value)
     return total
-
-
-def _max_tokens(payload: dict[str, Any]) -> Any:
-    return payload.get("max_completion_tokens") or payload.get("max_tokens")
 
 
 def _apply_stop(text: str, stop: Any) -> str:
@@ -335,48 +311,3 @@ def _apply_stop(text: str, stop: Any) -> str:
     stops = [stop] if isinstance(stop, str) else [s for s in stop or [] if isinstance(s, str) and s]
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
     return text if cut < 0 else text[:cut]
-
-
-@dataclass
-class _Reply:
-    source: dict[str, Any]  # the upstream's completion (its id, model, created)
-    tool_calls: list[dict[str, Any]] | None
-    content: str | None
-    usage: dict[str, int] | None
-
-    def _base(self, obj: str) -> dict[str, Any]:
-        base = {"id": self.source.get("id") or f"chatcmpl-{uuid.uuid4().hex}", "object": obj,
-                "created": self.source.get("created") or int(time.time()), "model": self.source.get("model")}
-        if self.source.get("system_fingerprint"):
-            base["system_fingerprint"] = self.source["system_fingerprint"]
-        return base
-
-    def completion(self) -> dict[str, Any]:
-        if self.tool_calls is not None:
-            message = {"role": "assistant", "content": None, "tool_calls": self.tool_calls}
-        else:
-            message = {"role": "assistant", "content": self.content}
-        body = {**self._base("chat.completion"), "choices": [{
-            "index": 0, "message": message, "logprobs": None,
-            "finish_reason": "tool_calls" if self.tool_calls is not None else "stop"}]}
-        if self.usage is not None:
-            body["usage"] = self.usage
-        return body
-
-    def chunks(self, include_usage: bool) -> list[dict[str, Any]]:
-        base = self._base("chat.completion.chunk")
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-
-        if self.tool_calls is not None:
-            out = [chunk({"role": "assistant", "content": None})]
-            out += [chunk(delta) for delta in stream_deltas(self.tool_calls)]
-            out.append(chunk({}, "tool_calls"))
-        else:
-            out = [chunk({"role": "assistant", "content": ""})]
-            out += [chunk({"content": piece}) for piece in _PIECES.findall(self.content or "")]
-            out.append(chunk({}, "stop"))
-        if include_usage and self.usage is not None:
-            out.append({**base, "choices": [], "usage": self.usage})
-        return out
