@@ -27,7 +27,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from octogate.core.llama_runtime import LlamaThread
 from octogate.core.tool_plan import Function, ToolPlan, plan_tools
 from octogate.router_model.protocol import chatml_split
 from octogate.router_model.token_selector import SelectorError, TokenSelector
+
+if TYPE_CHECKING:
+    from octogate.core.graph import GraphConfig
 
 #: The label of the "answer without a call" token (not a valid function name, so never a clash).
 NO_CALL = "(no call)"
@@ -123,8 +126,13 @@ class ToolsetRegistry:
         self.selectors = [ToolsetSelector(t) for t in toolsets]
 
     @classmethod
-    def from_graph(cls, graph: Any) -> ToolsetRegistry:
-        return cls([Toolset.from_config(name, ts.tools, ts.path, ts.threads) for name, ts in graph.toolsets.items()])
+    def from_graph(cls, graph: GraphConfig) -> ToolsetRegistry:
+        """The toolsets the graph can use. Every declared one is checked, but none is kept (so none is
+        loaded) when no node is served by the embedded model, the only backend that uses them."""
+        toolsets = [Toolset.from_config(name, ts.tools, ts.path, ts.threads) for name, ts in graph.toolsets.items()]
+        if not any(graph.backend_of(node).kind == "embedded" for node in graph.nodes):
+            return cls([])
+        return cls(toolsets)
 
     def __bool__(self) -> bool:
         return bool(self.selectors)

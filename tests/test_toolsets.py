@@ -10,7 +10,7 @@ import openai
 import pytest
 import yaml
 
-from octogate.core.graph import ConfigError, load_graph
+from octogate.core.graph import ConfigError, load_graph, parse_graph
 from octogate.core.tool_plan import plan_tools
 from octogate.router_model.artifact import load_router
 from octogate.router_model.toolsets import (
@@ -18,6 +18,7 @@ from octogate.router_model.toolsets import (
     TOOLSET_PREFIX,
     Toolset,
     ToolsetError,
+    ToolsetRegistry,
 )
 from octogate.router_model.training.data import read_toolset_examples
 from tests.conftest import OCTOGATE, REPO, default_graph_gateway
@@ -57,6 +58,20 @@ def test_a_bad_toolset_schema_names_its_path():
     bad[1]["function"]["parameters"]["properties"]["to"]["type"] = "strnig"
     with pytest.raises(ToolsetError, match=r"toolsets\.assistant\.tools\[1\]\.function\.parameters"):
         _toolset(bad)
+
+
+def test_toolsets_are_loaded_only_where_an_embedded_node_can_use_them():
+    def registry(backend: dict, tools=ASSISTANT) -> ToolsetRegistry:
+        return ToolsetRegistry.from_graph(parse_graph({"toolsets": {"assistant": {"tools": tools}},
+                                                       "nodes": [{"name": "general", "backend": backend}]}))
+
+    assert [s.toolset.name for s in registry({"model": "embedded/smollm2"}).selectors] == ["assistant"]
+    remote = {"model": "openai/m", "api_base": "http://127.0.0.1:9/v1"}
+    assert not registry(remote)  # only the embedded model picks functions with a toolset: nothing to load
+    bad = json.loads(json.dumps(ASSISTANT[:2]))
+    bad[1]["function"]["parameters"]["properties"]["to"]["type"] = "strnig"
+    with pytest.raises(ToolsetError, match=r"toolsets\.assistant\.tools\[1\]"):
+        registry(remote, bad)  # still checked, as check-config does
 
 
 def test_requests_match_by_names_and_parameters():
