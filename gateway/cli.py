@@ -1,5 +1,5 @@
 """The ``octogate`` command: ``serve`` a graph and ``check-config`` a graph file here; the
-``router`` and ``fc`` command groups live beside the code they drive."""
+``router``, ``fc`` and ``agent`` command groups live beside the code they drive."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from octogate.adapters.tool_calling.evaluation.cli import fc_cli
+from octogate.agents.cli import agent_cli
 from octogate.core.graph import CONFIG_ENV, default_config_path
 from octogate.gateway.metrics import prepare_multiprocess_dir
 from octogate.router_model.cli import load_graph_or_exit, router_cli
@@ -74,6 +75,7 @@ def check_config(path: Annotated[Path, typer.Argument(help="graph file to valida
 
 cli.add_typer(router_cli, name="router")
 cli.add_typer(fc_cli, name="fc")
+cli.add_typer(agent_cli, name="agent")
 
 
 def main() -> None:
