@@ -1,36 +1,31 @@
-"""The ASGI application: routes, lifecycle, and the factory ``octogate serve`` runs.
+"""The ASGI application: the chat endpoint, every other route, the lifespan, and config reload.
 
 ``POST /v1/chat/completions`` is served by ``ChatService`` directly (the hot path, see
-serving_chat.py); every other route, and the lifespan, by a FastAPI app behind it.
+serving_chat.py); every other route by the live graph's FastAPI app (live_graph.py). SIGHUP or
+``POST /admin/reload`` re-reads the graph file: a valid graph is started beside the old one and
+swapped in at once (requests in flight finish on the old one, which closes when they are done); an
+invalid one is refused with the errors ``check-config`` prints, and the old graph keeps serving.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-from contextlib import asynccontextmanager
+import signal
+from pathlib import Path
 from typing import Any
 
-import orjson
-from fastapi import FastAPI, Request
-from starlette.responses import Response
-
 from octogate.core.errors import OpenAIError
-from octogate.core.graph import GraphConfig, default_config_path, load_graph
-from octogate.gateway.auth import KeyChecker
-from octogate.gateway.conversations import Conversations
-from octogate.gateway.error_handlers import install_error_handlers
+from octogate.core.graph import ConfigError, GraphConfig, default_config_path, load_graph
+from octogate.gateway.live_graph import LiveGraph
 from octogate.gateway.metrics import Metrics, mark_worker_dead
-from octogate.gateway.nodes import NodeTable
-from octogate.gateway.routing import Router
-from octogate.gateway.serving_chat import ChatService, send_error
-from octogate.gateway.serving_models import ModelsService
+from octogate.gateway.serving_chat import send_error
 from octogate.gateway.tracing import Tracing
+from octogate.router_model.toolsets import ToolsetError, ToolsetRegistry
 
 CHAT_PATH = "/v1/chat/completions"
-
-
-def _json(status: int, body: object) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/json")
+log = logging.getLogger("octogate")
 
 
 def _route(path: str) -> str:
@@ -42,137 +37,136 @@ def _route(path: str) -> str:
     return path if path in _KNOWN_ROUTES else "(unknown)"
 
 
-_KNOWN_ROUTES = frozenset({CHAT_PATH, "/v1/models", "/healthz", "/readyz", "/metrics"})
+_KNOWN_ROUTES = frozenset({CHAT_PATH, "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload"})
 
 
 class Gateway:
-    """The outermost ASGI app: the chat endpoint first, FastAPI for the rest; a server span around
-    each HTTP request when tracing is on (and no extra work at all when it is off)."""
+    """The outermost ASGI app: the lifespan, the chat endpoint first and the live graph's FastAPI
+    app for the rest; a server span around each HTTP request when tracing is on (and no extra work
+    at all when it is off)."""
 
-    def __init__(self, api: FastAPI, chat: ChatService, tracing: Tracing):
-        self.api = api
-        self.chat = chat
-        self.tracing = tracing
-        self.state = api.state
+    def __init__(self, graph: GraphConfig, config_path: Path | None = None):
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.tracing = Tracing(capture_content=True if graph.server.trace_content else None)  # None: the environment decides
+        self.live = LiveGraph(graph, self.metrics, self.tracing, self.reload)
+        self._reloading = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if not self.tracing.enabled or scope["type"] != "http":
-            await self._dispatch(scope, receive, send)
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
             return
-        status = 500
+        live = self.live
+        live.in_flight += 1
+        try:
+            if not self.tracing.enabled or scope["type"] != "http":
+                await self._dispatch(live, scope, receive, send)
+                return
+            status = 500
 
-        async def send_and_note_status(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+            async def send_and_note_status(message: dict[str, Any]) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
 
-        with self.tracing.server_span(scope, _route(scope["path"])) as span:
-            await self._dispatch(scope, receive, send_and_note_status)
-            self.tracing.set_http_status(span, status)
+            with self.tracing.server_span(scope, _route(scope["path"])) as span:
+                await self._dispatch(live, scope, receive, send_and_note_status)
+                self.tracing.set_http_status(span, status)
+        finally:
+            live.in_flight -= 1
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    @staticmethod
+    async def _dispatch(live: LiveGraph, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH:
             if scope["method"] == "POST":
-                await self.chat(scope, receive, send)
+                await live.chat(scope, receive, send)
             else:
                 await send_error(send, OpenAIError(405, f"Method {scope['method']} is not allowed for {CHAT_PATH}.",
                                                    code="method_not_allowed", headers={"Allow": "POST"}))
         else:
-            await self.api(scope, receive, send)
+            await live.api(scope, receive, send)
 
+    # ------------------------------------------------------------------ lifespan
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.live.start()
+                    self._watch_sighup()
+                except Exception as exc:  # noqa: BLE001 - uvicorn prints it and exits
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.live.aclose()
+                for task in list(self._retired):
+                    task.cancel()
+                self.tracing.shutdown()
+                mark_worker_dead(os.getpid())
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-def create_app(graph: GraphConfig) -> Gateway:
-    metrics = Metrics()
-    nodes = NodeTable(graph, observer=metrics)
-    keys = KeyChecker(graph.server.resolved_api_keys())
-    conversations = Conversations(graph.history, metrics)
-    tracing = Tracing(capture_content=True if graph.server.trace_content else None)  # None: the environment decides
-    router = Router(graph, nodes, metrics, tracing) if graph.router else None
-    chat = ChatService(nodes, keys, metrics, conversations, tracing, graph.server.max_body_bytes, router)
-    models = ModelsService(nodes, router.name if router else None)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        await nodes.start()
-        await conversations.start()
-        if router is not None:
-            await router.start()
+    def _watch_sighup(self) -> None:
+        if self.config_path is None:
+            return
         try:
-            yield
-        finally:
-            if router is not None:
-                await router.aclose()
-            await conversations.aclose()
-            await nodes.aclose()
-            tracing.shutdown()
-            mark_worker_dead(os.getpid())
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._on_sighup()))
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            log.info("SIGHUP reload unavailable in this process; POST /admin/reload still works")
 
-    api = FastAPI(title="octogate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    api.state.nodes = nodes
-    install_error_handlers(api)
+    async def _on_sighup(self) -> None:
+        try:
+            await self.reload()
+        except OpenAIError:
+            pass  # logged by reload(); the running graph keeps serving
 
-    @api.get("/v1/models")
-    async def list_models(request: Request) -> Response:
-        keys.check(request.headers.get("authorization"))
-        return models.list()
+    # ------------------------------------------------------------------ reload
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the graph file and swap it in; raise a 400 with check-config's errors if it is invalid."""
+        if self.config_path is None:
+            raise OpenAIError(409, "This gateway was not started from a graph file; there is nothing to re-read.",
+                              code="reload_unavailable")
+        async with self._reloading:
+            try:
+                graph = load_graph(self.config_path)
+                ToolsetRegistry.from_graph(graph)  # the same checks as check-config
+            except (ConfigError, ToolsetError) as exc:
+                log.error("config reload refused; the running graph keeps serving:\n%s", exc)
+                raise OpenAIError(400, f"The graph file is invalid; the running graph keeps serving.\n{exc}",
+                                  code="invalid_config") from None
+            fresh = LiveGraph(graph, self.metrics, self.tracing, self.reload)
+            try:
+                await fresh.start()
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot start: keep the old graph
+                await fresh.aclose()
+                log.error("config reload failed to start; the running graph keeps serving: %s", exc)
+                raise OpenAIError(500, f"The new graph could not start ({type(exc).__name__}: {exc}); the running "
+                                  "graph keeps serving.", code="reload_failed") from None
+            old, self.live = self.live, fresh
+            task = asyncio.ensure_future(self._retire(old, graph.server.shutdown_grace_seconds))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+            log.info("config reloaded from %s: %d nodes", self.config_path, len(graph.nodes))
+            return {"status": "reloaded", "config": str(self.config_path), "nodes": [n.name for n in graph.nodes]}
 
-    @api.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str, request: Request) -> Response:
-        keys.check(request.headers.get("authorization"))
-        return models.get(model_id)
+    @staticmethod
+    async def _retire(old: LiveGraph, grace: float) -> None:
+        """Close a replaced graph once its requests are done (or after the shutdown grace at most)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(grace, 1.0)
+        while old.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await old.aclose()
 
-    @api.get("/v1/conversations/{conversation_id}")
-    async def get_conversation(conversation_id: str, request: Request) -> Response:
-        authorization = request.headers.get("authorization")
-        keys.check(authorization)
-        return _json(200, await conversations.get(conversation_id, authorization))
 
-    @api.delete("/v1/conversations/{conversation_id}")
-    async def delete_conversation(conversation_id: str, request: Request) -> Response:
-        authorization = request.headers.get("authorization")
-        keys.check(authorization)
-        return _json(200, await conversations.delete(conversation_id, authorization))
-
-    @api.get("/healthz")
-    async def healthz() -> Response:
-        return _json(200, {"status": "ok"})
-
-    @api.get("/readyz")
-    async def readyz() -> Response:
-        """Whether this process can serve: 503 only when no node can answer (or it is draining).
-        One dead backend among several is ``degraded``, listed, and still in rotation: behind a load
-        balancer, answering 503 for it would take every replica of the gateway out at once."""
-        backend_ok, backends, replicas = await nodes.readiness()
-        serving = nodes.serving_nodes(backend_ok)
-        history = conversations.status()
-        if history == "degraded" and conversations.store is not None and await conversations.store.ping():
-            history = "ok"
-        failing = sorted(k for k, ok in backend_ok.items() if not ok)
-        body: dict[str, Any] = {"status": "ready", "backends": backends, "history": history}
-        if replicas:
-            body["replicas"] = replicas
-        if failing:
-            body["failing_backends"] = failing
-            body["unavailable_nodes"] = sorted(set(nodes.nodes) - set(serving))
-        if router is not None:
-            # A router that is down sends requests to the fallback node: degraded, still serving.
-            body["router"] = await router.check_ready()
-        degraded = failing or history == "degraded" or (router is not None and not body["router"].startswith("ok"))
-        if not serving:
-            body["status"] = "unready"
-        elif degraded:
-            body["status"] = "degraded"
-        return _json(200 if serving else 503, body)
-
-    @api.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
-
-    return Gateway(api, chat, tracing)
+def create_app(graph: GraphConfig, config_path: Path | None = None) -> Gateway:
+    return Gateway(graph, config_path)
 
 
 def app_from_env() -> Gateway:
     """The factory uvicorn calls in each worker; the config path arrives through the environment."""
-    return create_app(load_graph(default_config_path()))
+    path = default_config_path()
+    return create_app(load_graph(path), path.resolve())

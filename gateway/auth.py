@@ -21,8 +21,11 @@ def bearer_token(header: str | None) -> str | None:
 
 
 class KeyChecker:
-    def __init__(self, keys: list[str]):
+    def __init__(self, keys: list[str], required: bool = False):
+        """``required``: with no key configured, refuse every request (the admin routes) instead of
+        letting every request in (the API, when the graph sets no keys)."""
         self._keys = [k.encode() for k in keys]
+        self.required = required
 
     @property
     def enabled(self) -> bool:
@@ -31,6 +34,9 @@ class KeyChecker:
     def check(self, header: str | None) -> None:
         """Raise a 401 unless ``header`` (the Authorization header's value) carries an accepted key."""
         if not self._keys:
+            if self.required:
+                raise OpenAIError(403, "This route needs an admin key, and the graph sets none (server.admin_keys).",
+                                  code="admin_keys_not_configured")
             return
         if not header:
             raise OpenAIError(401, "Missing API key: send it as 'Authorization: Bearer <key>'.",
