@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from octogate.core.agent_config import AgentConfig, agent_problems
 from octogate.core.backend_config import (  # noqa: F401  (re-exported: the graph's vocabulary in one place)
     DEFAULT_OPENAI_API_BASE,
     EMBEDDED_PROVIDER,
@@ -146,6 +147,7 @@ class GraphConfig(StrictModel):
     toolsets: dict[str, ToolsetConfig] = Field(default_factory=dict)
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     nodes: list[NodeConfig] = Field(min_length=1)
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)  # core/agent_config.py
 
     @model_validator(mode="after")
     def _consistent(self) -> GraphConfig:
@@ -178,6 +180,8 @@ class GraphConfig(StrictModel):
         for name in self.toolsets:
             if not TOOLSET_NAME.match(name):
                 problems.append(PathError(("toolsets", name), f"toolset names match {TOOLSET_NAME.pattern}"))
+        problems += [PathError(loc, message) for loc, message in agent_problems(
+            self.agents, set(seen), self.router.name if self.router else None)]
         if problems:
             raise PathErrors(problems)
         return self
