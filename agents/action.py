@@ -73,6 +73,14 @@ def action_grammar() -> RouterGrammar:
     return RouterGrammar(ACTION_TOKENS.items())
 
 
+def subtask_gbnf(grammar: RouterGrammar) -> str:
+    """The protocol's argument grammar (``RouterGrammar.argument_gbnf``) ended by a newline instead of
+    ``')<nexa_end>``: what follows ``Step: [tool] `` is exactly one protocol argument."""
+    rules = grammar.argument_gbnf().split("\n", 1)
+    assert rules[0].startswith("root ::= arg "), rules[0]
+    return 'root ::= arg "\\n"\n' + rules[1]
+
+
 class ActionError(Exception):
     """No decision could be had (the model failed or wrote an answer that does not parse)."""
 
@@ -102,7 +110,7 @@ class ActionGenerator:
             self.selector.load(dict(self.grammar.token_to_node))
         except SelectorError as exc:
             raise ActionError(str(exc)) from None
-        self._argument_grammar = llama_cpp.LlamaGrammar.from_string(self.grammar.argument_gbnf(), verbose=False)
+        self._argument_grammar = llama_cpp.LlamaGrammar.from_string(subtask_gbnf(self.grammar), verbose=False)
 
     async def aclose(self) -> None:
         if self._thread is not None:
@@ -121,11 +129,13 @@ class ActionGenerator:
         if tool == "finish":
             return tool, ""
         llm = self.selector.llm
-        opening = functional_token(token) + "('"
-        context = self.selector.prompt.prefix + ids + llm.tokenize(opening.encode(), False, False)
-        pieces, finish = [opening], None
+        # The sub-task is written after the history's own cue, "Step: [tool] ", which the query shows
+        # for every earlier step; it is decoded under the protocol's argument grammar, ended by a newline.
+        cue = step_line(tool, "") + " "
+        context = self.selector.prompt.prefix + ids + llm.tokenize(cue.encode(), False, False)
+        pieces, finish = [], None
         stream = llm.create_completion(context, max_tokens=self.cfg.max_subtask_tokens, temperature=0.0, top_k=1,
-                                       grammar=self._argument_grammar, stream=True)
+                                       repeat_penalty=1.3, grammar=self._argument_grammar, stream=True)
         for chunk in stream:
             pieces.append(chunk["choices"][0]["text"])
             finish = chunk["choices"][0].get("finish_reason") or finish
@@ -133,11 +143,13 @@ class ActionGenerator:
                 stream.close()
                 finish = "length"
                 break
-        try:
-            return tool, parse_router_output("".join(pieces), self.grammar, "select+reformat").argument or ""
+        written = "".join(pieces).rstrip("\n")
+        try:  # the full answer in the router protocol: it parses by construction of the grammar
+            answer = f"{functional_token(token)}('{written}')<nexa_end>"
+            return tool, (parse_router_output(answer, self.grammar, "select+reformat").argument or "").strip()
         except RouterOutputError as exc:
             if finish == "length":  # cut off mid-argument: keep what was written (unescaped as far as it goes)
-                return tool, _partial_argument("".join(pieces)[len(opening):])
+                return tool, _partial_argument(written).strip()
             raise ActionError(f"the action generator wrote an unparseable step: {exc}") from None
 
     async def decide(self, task: str, history: list[Step]) -> tuple[str, str]:

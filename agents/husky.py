@@ -91,7 +91,7 @@ def _first_line(text: str) -> str:
 
 
 class Husky:
-    def __init__(self, name: str, cfg: AgentConfig, ask: Ask, *, action: Decider | None = None,
+    def __init__(self, name: str, cfg: AgentConfig, ask: Ask | None = None, *, action: Decider | None = None,
                  search: Any = None, executor: Any = None, span: SpanFactory | None = None,
                  count_step: Callable[[str], None] | None = None):
         self.name = name
@@ -102,6 +102,14 @@ class Husky:
         self.executor = executor if executor is not None else build_executor(cfg.executor)
         self._span = span or (lambda name, attrs: nullcontext())
         self._count = count_step or (lambda tool: None)
+
+    def instrument(self, ask: Ask, span: SpanFactory | None = None, count_step: Callable[[str], None] | None = None) -> None:
+        """What the gateway hands in: how to ask a node, and where spans and step counts go."""
+        self.ask = ask
+        if span is not None:
+            self._span = span
+        if count_step is not None:
+            self._count = count_step
 
     async def start(self) -> None:
         start = getattr(self.action, "start", None)
@@ -183,7 +191,8 @@ class Husky:
                 await say("Step: [finish]")
                 finish_reason = "stop"
                 break
-            subtask = subtask.strip() or task
+            if len(subtask.split()) < 2:  # the sub-task is generated, not trained: an empty or one-word one
+                subtask = task              # gives the expert the task itself (it sees the history too)
             await say(step_line(tool, subtask))
             try:
                 output = await self._expert(tool, task, steps, subtask)

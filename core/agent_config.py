@@ -4,7 +4,7 @@
 
     agents:
       husky:
-        action: {engine: embedded}            # the shipped action generator (router_model/trained/husky-action)
+        action: {engine: embedded}            # the shipped action generator (agents/trained/husky-action)
         experts: {code: general, math: general, search: general, commonsense: general}
         search: {kind: local}                 # or {kind: searxng, url: http://searxng:8080}
         executor: {kind: local}               # or {kind: http, url: http://sandbox:8080/run}
@@ -28,12 +28,9 @@ TOOLS = ("code", "math", "search", "commonsense", "finish")
 class ActionGeneratorConfig(StrictModel):
     """The functional-token model that picks each step's tool and writes its sub-task."""
 
-    engine: Literal["embedded", "sglang"] = "embedded"
-    path: str | None = Field(default=None, description="embedded: a trained action generator (default: the shipped one)")
+    engine: Literal["embedded"] = Field(default="embedded", description="llama.cpp in this process (the only engine so far)")
+    path: str | None = Field(default=None, description="a trained action generator (default: the shipped one)")
     threads: int | None = Field(default=None, ge=1)
-    base_url: str | None = Field(default=None, description="sglang: the server; env:NAME allowed")
-    api_key: str | None = None
-    prompt_template: Literal["chatml", "phi3"] = "chatml"
     max_subtask_tokens: int = Field(default=48, ge=4, le=256)
     timeout: float = Field(default=20.0, gt=0, description="seconds for one decision (token and sub-task)")
 
@@ -100,6 +97,4 @@ def agent_problems(agents: dict[str, AgentConfig], node_names: set[str],
             problems.append((("agents", name, "executor", "url"), "an http executor needs a url"))
         if agent.search.kind == "searxng" and not agent.search.url:
             problems.append((("agents", name, "search", "url"), "a searxng search needs a url"))
-        if agent.action.engine == "sglang" and not agent.action.base_url:
-            problems.append((("agents", name, "action", "base_url"), "the sglang engine needs a base_url"))
     return problems

@@ -23,6 +23,7 @@ from octogate.core.graph import (
     NodeConfig,
     resolve_secret,
 )
+from octogate.gateway.serving_agents import AgentTable
 from octogate.router_model.toolsets import ToolsetRegistry
 
 _TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -82,6 +83,7 @@ class NodeTable:
         self.backends = backends
         self._configs = {cfg.name: cfg for cfg in graph.nodes}
         self.fallbacks = {name: [self.nodes[f] for f in graph.fallback_chain(name)] for name in self.nodes}
+        self.agents = AgentTable(graph)  # models that answer by asking these nodes (Husky)
 
     def resolve(self, model: str) -> Node:
         node = self.nodes.get(model)
@@ -97,9 +99,10 @@ class NodeTable:
         # After, not beside, the backends: llama-cpp-python silences a model's loading by pointing the
         # process's stdout/stderr at /dev/null and back, and two loads at once can leave them there.
         await self.toolsets.start()
+        await self.agents.start()  # after the toolsets, for the same reason
 
     async def aclose(self) -> None:
-        await asyncio.gather(self.toolsets.aclose(), *(b.aclose() for b in self.backends.values()),
+        await asyncio.gather(self.toolsets.aclose(), self.agents.aclose(), *(b.aclose() for b in self.backends.values()),
                              return_exceptions=True)
 
     async def readiness(self) -> tuple[dict[str, bool], dict[str, str], dict[str, dict[str, str]]]:

@@ -1,4 +1,4 @@
-"""GET /v1/models and /v1/models/{id}: every node of the graph, as OpenAI model objects.
+"""GET /v1/models and /v1/models/{id}: every node of the graph (and its router and agents), as OpenAI model objects.
 
 The listing never changes while a process runs, so its JSON is rendered once at start-up.
 """
@@ -29,6 +29,8 @@ class ModelsService:
             )
             for node in nodes.nodes.values()
         }
+        self.cards |= {name: ModelCard(id=name, created=created, description=agent.cfg.description)
+                       for name, agent in nodes.agents.agents.items()}
         self._list_body = ModelList(data=list(self.cards.values())).model_dump_json(exclude_none=True).encode()
         self._card_bodies = {k: orjson.dumps(c.model_dump(exclude_none=True)) for k, c in self.cards.items()}
 
