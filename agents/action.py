@@ -35,9 +35,8 @@ ACTION_SYSTEM_PROMPT = ("You are Husky's action generator. Read the task and the
 ACTION_PREFIX, ACTION_SUFFIX = chatml_split(ACTION_SYSTEM_PROMPT)
 ACTION_TOKENS = {i: tool for i, tool in enumerate(TOOLS)}  # 0 code ... 4 finish
 DEFAULT_ACTION_DIR = Path(__file__).resolve().parent / "trained" / "husky-action"
-MAX_QUERY_TOKENS = 256
 _OUTPUT_CHARS = 100  # what the action generator sees of each step's output
-_QUERY_CHARS = 900  # older steps are dropped first beyond this
+_QUERY_CHARS = 600  # older steps are dropped first beyond this (about 150 tokens: under the 160-token cap)
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,8 @@ def _short(text: str, limit: int) -> str:
 
 def action_query(task: str, history: list[Step]) -> str:
     """What the action generator reads: the task, then ``Step:``/``Output:`` pairs (outputs shortened),
-    the oldest steps dropped first when it grows past about 900 characters."""
-    head = f"Task: {_short(task, 500)}"
+    the oldest steps dropped first when it grows past about 600 characters."""
+    head = f"Task: {_short(task, 300)}"
     lines = [f"{step_line(s.tool, _short(s.subtask, 160))}\nOutput: {_short(s.output, _OUTPUT_CHARS)}" for s in history]
     while lines and len(head) + sum(len(x) + 1 for x in lines) > _QUERY_CHARS:
         lines.pop(0)

@@ -49,6 +49,14 @@ def read_decisions(path: Path):
     return read_jsonl(path, parse, 'an action line ({"task", "history", "tool", "subtask"})')
 
 
+def _sample(examples: list, n: int | None, seed: int) -> list:
+    if n is None or n >= len(examples):
+        return examples
+    import random
+
+    return random.Random(seed).sample(examples, n)
+
+
 @agent_cli.command("train")
 def train_command(
     data: Annotated[Path, typer.Option(help="action lines: JSONL of {task, history, tool, subtask}")]
@@ -64,19 +72,23 @@ def train_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     threads: Annotated[int, typer.Option(min=0)] = 0,
     seed: Annotated[int, typer.Option()] = 0,
+    sample: Annotated[Optional[int], typer.Option(help="train on a seeded random sample of this many lines")] = None,
+    eval_sample: Annotated[Optional[int], typer.Option(help="score a seeded random sample of this many --eval lines")]
+    = None,
+    max_query_tokens: Annotated[int, typer.Option(min=32, help="action queries are cut to this many tokens")] = 256,
 ) -> None:
     """Train the tool tokens of Husky's action generator with the router trainer (CPU; needs the train extra)."""
     try:
         from octogate.router_model.training.trainer import TrainSettings, train_router
     except ImportError as exc:
         fail(f"training needs the train extra (pip install -e '.[train]'): {exc}")
-    from octogate.agents.action import ACTION_PREFIX, ACTION_TOKENS, MAX_QUERY_TOKENS
+    from octogate.agents.action import ACTION_PREFIX, ACTION_TOKENS
 
     try:
-        examples = read_decisions(data)
-        evals = {p.name: read_decisions(p) for p in eval_data or []}
+        examples = _sample(read_decisions(data), sample, seed)
+        evals = {p.name: _sample(read_decisions(p), eval_sample, seed) for p in eval_data or []}
         settings = TrainSettings(lora_layers=lora_layers, epochs=epochs, batch_size=batch_size,
-                                 max_query_tokens=MAX_QUERY_TOKENS, threads=threads, seed=seed)
+                                 max_query_tokens=max_query_tokens, threads=threads, seed=seed)
         artifact, state, complete = train_router(
             nodes=dict(ACTION_TOKENS), examples=examples, out=out, settings=settings, data_name=data.name,
             time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console,
@@ -92,3 +104,106 @@ def train_command(
     else:
         console.print(f"time budget reached at step {state.step}/{state.total_steps}; {artifact.path} is usable but "
                       "unfinished: run the same command again to resume from its checkpoint")
+
+
+@agent_cli.command("eval")
+def eval_command(
+    data: Annotated[Path, typer.Option(help="action lines (e.g. data/agent/actions/heldout.jsonl): tool accuracy")],
+    config: Annotated[Optional[Path], typer.Option(help="graph file whose agent is evaluated")] = None,
+    agent: Annotated[str, typer.Option(help="the agent's name in the graph")] = "husky",
+    limit: Annotated[Optional[int], typer.Option(help="score a seeded sample of this many action lines")] = None,
+    tasks: Annotated[Optional[Path], typer.Option(
+        help="whole tasks with answers (heldout_tasks.jsonl) for the end-to-end comparison; needs --url")] = None,
+    url: Annotated[Optional[str], typer.Option(help="a running gateway serving the graph, e.g. http://127.0.0.1:8000")]
+    = None,
+    direct: Annotated[str, typer.Option(help="the node that answers directly, for comparison")] = "general",
+    task_limit: Annotated[Optional[int], typer.Option(help="a seeded sample of this many tasks, spread over sources")]
+    = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="OCTOGATE_API_KEY")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The action generator's first-step and step-by-step tool accuracy; with --tasks and --url, the agent's
+    end-to-end answer accuracy against a node answering directly, latency and steps per task."""
+    import asyncio
+
+    from rich.table import Table
+
+    from octogate.agents.action import ActionGenerator
+    from octogate.agents.evaluation import end_to_end, mean, percentile, tool_accuracy
+    from octogate.core.graph import default_config_path
+    from octogate.core.jsonl import read_jsonl
+    from octogate.router_model.cli import load_graph_or_exit
+
+    graph = load_graph_or_exit((config or default_config_path()).resolve())
+    if agent not in graph.agents:
+        fail(f"this graph has no agent {agent!r} (agents: {', '.join(graph.agents) or 'none'})")
+    if tasks is not None and url is None:
+        fail("--tasks needs --url: the end-to-end comparison asks a running gateway")
+    console = Console()
+    try:
+        rows = _sample(read_jsonl(data, dict, "an action line"), limit, seed)
+    except (OSError, ValueError) as exc:
+        fail(exc)
+    generator = ActionGenerator(graph.agents[agent].action)
+    generator._load()  # blocking, on this thread: evaluation only
+    try:
+        report = tool_accuracy(generator, rows)
+    finally:
+        generator.selector.close()
+    console.print(f"action generator {generator.path.name}: {len(rows)} decisions from {data}")
+    console.print(f"first-step tool accuracy {report.accuracy(report.first):.1%} ({len(report.first)} tasks); "
+                  f"step-by-step tool accuracy {report.accuracy(report.every):.1%} ({len(report.every)} steps); "
+                  f"decision p50 {percentile(report.seconds, 50) * 1000:.0f} ms")
+    table = Table(title="per tool (step by step)")
+    for column in ("tool", "accuracy", "support"):
+        table.add_column(column)
+    for tool, (acc, n) in report.per_tool().items():
+        table.add_row(tool, f"{acc:.1%}", str(n))
+    console.print(table)
+    if report.confusions():
+        console.print("costliest confusions: " + ", ".join(f"{g} -> {p} ({n})" for g, p, n in report.confusions()))
+    if tasks is None:
+        return
+    try:
+        all_tasks = read_jsonl(tasks, dict, "a task ({task, answer, source})")
+    except (OSError, ValueError) as exc:
+        fail(exc)
+    chosen = _spread(all_tasks, task_limit, seed)
+
+    async def both():
+        return (await end_to_end(url, agent, chosen, api_key),
+                await end_to_end(url, direct, chosen, api_key))
+
+    husky, plain = asyncio.run(both())
+    table = Table(title=f"end to end: {len(chosen)} tasks from {tasks.name}")
+    for column in ("source", "tasks", agent, direct):
+        table.add_column(column)
+    for source in sorted(husky.right):
+        table.add_row(source, str(husky.count(source)), f"{husky.accuracy(source):.1%}", f"{plain.accuracy(source):.1%}")
+    table.add_row("all", str(husky.count()), f"{husky.accuracy():.1%}", f"{plain.accuracy():.1%}")
+    console.print(table)
+    for r in (husky, plain):
+        console.print(f"{r.model}: latency p50 {percentile(r.seconds, 50):.1f} s, p95 {percentile(r.seconds, 95):.1f} s; "
+                      f"errors {r.errors}" + (f"; steps per task {mean(r.steps):.2f}; finish reasons "
+                                              f"{dict(r.finish)}" if r.steps else ""))
+
+
+def _spread(tasks: list, n: int | None, seed: int) -> list:
+    """A seeded sample of ``n`` tasks, taken round-robin over their sources so each is represented."""
+    if n is None or n >= len(tasks):
+        return tasks
+    import random
+
+    by: dict[str, list] = {}
+    for t in tasks:
+        by.setdefault(t["source"], []).append(t)
+    rng = random.Random(seed)
+    for group in by.values():
+        rng.shuffle(group)
+    out, i = [], 0
+    while len(out) < n:
+        for group in by.values():
+            if i < len(group) and len(out) < n:
+                out.append(group[i])
+        i += 1
+    return out

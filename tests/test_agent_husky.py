@@ -139,7 +139,7 @@ def test_action_query_keeps_the_task_and_the_latest_steps():
     steps = [Step("search", f"Find fact {i}", "x" * 300) for i in range(12)]
     q = action_query("What is it?", steps)
     assert q.startswith("Task: What is it?\n(earlier steps omitted)")
-    assert "Find fact 11" in q and "Find fact 0\n" not in q and len(q) <= 900
+    assert "Find fact 11" in q and "Find fact 0\n" not in q and len(q) <= 600
 
 
 def test_extract_code():
