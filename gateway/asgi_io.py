@@ -62,8 +62,11 @@ async def send_response(send: Any, status: int, body: bytes, headers: list[tuple
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Any, err: OpenAIError) -> None:
+async def send_error(send: Any, err: OpenAIError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [*JSON_HEADERS, *((k.lower().encode(), v.encode()) for k, v in err.headers.items())]
+    if extra:
+        own = {name for name, _ in headers}
+        headers += [(k, v) for k, v in extra if k not in own]
     await send_response(send, err.status, orjson.dumps(err.body()), headers)
 
 

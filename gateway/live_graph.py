@@ -7,23 +7,100 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from starlette.responses import Response
+from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi.openapi.utils import get_openapi
+from starlette.responses import PlainTextResponse, Response
 
 from octogate.core.graph import GraphConfig
+from octogate.core.protocol import ChatCompletionRequest, ModelCard, ModelList
+from octogate.core.responses import ChatCompletion, ErrorResponse
 from octogate.gateway.auth import KeyChecker
 from octogate.gateway.conversations import Conversations
 from octogate.gateway.error_handlers import install_error_handlers
+from octogate.gateway.history import _CONVERSATION_ID
 from octogate.gateway.metrics import Metrics
 from octogate.gateway.nodes import NodeTable
+from octogate.gateway.rate_limits import RateLimiter
 from octogate.gateway.routing import Router
 from octogate.gateway.serving_chat import ChatService
 from octogate.gateway.serving_models import ModelsService
 from octogate.gateway.tracing import Tracing
 
+CHAT_PATH = "/v1/chat/completions"  # served by ChatService ahead of the FastAPI app (gateway/app.py)
+
 
 def _json(status: int, body: object) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+# One Server-Sent Event of a streamed answer (OpenAPI before 3.2: the schema of each event).
+_SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
+    "type": "string", "description": "a chat.completion.chunk as JSON, an error in OpenAI's envelope if the upstream "
+    "fails mid-stream, and `[DONE]` last"}}}
+
+
+def _chat_schema_route() -> APIRouter:
+    """``POST /v1/chat/completions`` as the OpenAPI document describes it. These routes are handed to
+    the schema generator only, never mounted: the Gateway serves the path before the FastAPI app."""
+    router = APIRouter()
+
+    @router.post(
+        CHAT_PATH, summary="Create a chat completion", operation_id="create_chat_completion",
+        responses={200: {"model": ChatCompletion, "description": "The completion; with `stream: true`, "
+                         "Server-Sent Events (`data: {chunk}` ... `data: [DONE]`)",
+                         "content": {"text/event-stream": {"schema": _SSE_EVENT}}}},
+    )
+    async def create_chat_completion(
+        body: ChatCompletionRequest,
+        x_conversation_id: str | None = Header(default=None, description="keep this conversation's turns (history)"),
+    ) -> None:
+        raise AssertionError("never mounted")  # pragma: no cover
+
+    return router
+
+
+def _openapi(api: FastAPI, models: list[str], api_keys: bool) -> dict[str, Any]:
+    """Every route the gateway serves, the chat endpoint included; every error in OpenAI's envelope
+    (the ``default`` response: FastAPI's 422 schema is never what a client gets); the bearer key
+    where one is needed; the models this graph serves as examples of ``model``."""
+    schema = get_openapi(title="octogate", version="1", routes=[*api.routes, *_chat_schema_route().routes],
+                         description="An OpenAI-compatible gateway over a graph of language models.")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    error = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in error.pop("$defs", {}).items():
+        components[name] = sub
+    components["ErrorResponse"] = error
+    components["ErrorBody"]["required"] = ["message", "type", "param", "code"]  # always all four, null or not
+    request = components["ChatCompletionRequest"]["properties"]
+    if models:
+        request["model"]["examples"] = models
+    # A conversation id, wherever it comes from (header, path, metadata), is checked by history.check_conversation_id.
+    conversation_id = {"type": "string", "pattern": f"^{_CONVERSATION_ID.pattern}$"}
+    for option in request["metadata"].get("anyOf", []):
+        if option.get("type") == "object":
+            option["properties"] = {"conversation_id": conversation_id}
+    security = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    security["adminKey"] = {"type": "http", "scheme": "bearer", "description": "a key of server.admin_keys"}
+    if api_keys:
+        security["apiKey"] = {"type": "http", "scheme": "bearer", "description": "a key of server.api_keys"}
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            responses["default"] = {"description": "An error, in OpenAI's envelope",
+                                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] in ("conversation_id", "x-conversation-id"):
+                    parameter["schema"] = {**conversation_id, "description": parameter["schema"].get("description", "")}
+                elif parameter["name"] == "model_id" and models:
+                    parameter["schema"]["examples"] = models
+            if path.startswith("/admin/"):
+                operation["security"] = [{"adminKey": []}]
+            elif path.startswith("/v1/") and api_keys:
+                operation["security"] = [{"apiKey": []}]
+    return schema
 
 
 class LiveGraph:
@@ -35,22 +112,32 @@ class LiveGraph:
         self.graph = graph
         self.in_flight = 0
         self.nodes = nodes = NodeTable(graph, observer=metrics)
-        keys = KeyChecker(graph.server.resolved_api_keys())
+        keys = KeyChecker(graph.server.key_table())
+        self.limits = limits = RateLimiter(graph.server.rate_limits, metrics)
         admin = KeyChecker(graph.server.resolved_admin_keys(), required=True)
         self.conversations = conversations = Conversations(graph.history, metrics)
         self.router = router = Router(graph, nodes, metrics, tracing) if graph.router else None
-        self.chat = ChatService(nodes, keys, metrics, conversations, tracing, graph.server.max_body_bytes, router)
+        self.chat = ChatService(nodes, keys, metrics, conversations, tracing, graph.server.max_body_bytes, router,
+                                limits)
         models = ModelsService(nodes, router.name if router else None)
 
-        api = FastAPI(title="octogate", docs_url=None, redoc_url=None, openapi_url=None)
+        api = FastAPI(title="octogate", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
         install_error_handlers(api)
+        openapi_schema: dict[str, Any] = {}
 
-        @api.get("/v1/models")
+        def openapi() -> dict[str, Any]:
+            if not openapi_schema:
+                openapi_schema.update(_openapi(api, list(models.cards), keys.enabled))
+            return openapi_schema
+
+        api.openapi = openapi  # type: ignore[method-assign]
+
+        @api.get("/v1/models", responses={200: {"model": ModelList}})
         async def list_models(request: Request) -> Response:
             keys.check(request.headers.get("authorization"))
             return models.list()
 
-        @api.get("/v1/models/{model_id:path}")
+        @api.get("/v1/models/{model_id:path}", responses={200: {"model": ModelCard}})
         async def get_model(model_id: str, request: Request) -> Response:
             keys.check(request.headers.get("authorization"))
             return models.get(model_id)
@@ -91,14 +178,17 @@ class LiveGraph:
             if router is not None:
                 # A router that is down sends requests to the fallback node: degraded, still serving.
                 body["router"] = await router.check_ready()
-            degraded = failing or history == "degraded" or (router is not None and not body["router"].startswith("ok"))
+            if limits.enabled:
+                body["rate_limits"] = limits.status  # "degraded": Redis is down and limits fail open
+            degraded = (failing or history == "degraded" or limits.status == "degraded"
+                        or (router is not None and not body["router"].startswith("ok")))
             if not serving:
                 body["status"] = "unready"
             elif degraded:
                 body["status"] = "degraded"
             return _json(200 if serving else 503, body)
 
-        @api.get("/metrics")
+        @api.get("/metrics", response_class=PlainTextResponse)
         async def prometheus_metrics() -> Response:
             body, content_type = metrics.render()
             return Response(body, media_type=content_type)
@@ -110,6 +200,7 @@ class LiveGraph:
         self.api = api
 
     async def start(self) -> None:
+        await self.limits.start()
         await self.nodes.start()
         await self.conversations.start()
         if self.router is not None:
@@ -120,3 +211,4 @@ class LiveGraph:
             await self.router.aclose()
         await self.conversations.aclose()
         await self.nodes.aclose()
+        await self.limits.aclose()

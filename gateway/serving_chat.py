@@ -11,11 +11,9 @@ CPU per request (see bench/). Everything else the app serves stays on FastAPI.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -23,6 +21,19 @@ from pydantic import ValidationError
 
 from octogate.core.errors import OpenAIError, UpstreamError, from_validation_error
 from octogate.core.protocol import ChatCompletionRequest
+from octogate.core.server_config import ApiKeyConfig
+from octogate.gateway.asgi_io import (  # noqa: F401  (stream_sse and friends: re-exported for other endpoints)
+    JSON_HEADERS,
+    SSE_HEADERS,
+    ClientGone,
+    StreamOutcome,
+    _count_usage,
+    _tokens,
+    read_body,
+    send_error,
+    send_response,
+    stream_sse,
+)
 from octogate.gateway.auth import KeyChecker
 from octogate.gateway.conversations import (
     CONVERSATION_HEADER,
@@ -35,16 +46,13 @@ from octogate.gateway.conversations import (
 )
 from octogate.gateway.metrics import Metrics
 from octogate.gateway.nodes import Node, NodeTable
-from octogate.gateway.routing import Router
+from octogate.gateway.rate_limits import RateLimiter
+from octogate.gateway.routing import FALLBACK_HEADER, Router
 from octogate.gateway.tracing import Tracing
 
 log = logging.getLogger("octogate")
 
 NODE_HEADER = b"x-octogate-node"
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no")]
-_DONE = b"data: [DONE]\n\n"
 _NO_HEADERS: dict[str, str] = {}
 _MESSAGE_PARAM = re.compile(r"^messages\[(\d+)\]")
 
@@ -60,35 +68,6 @@ def to_openai_error(exc: UpstreamError, prepended: int = 0) -> OpenAIError:
         return exc
     param = f"messages[{int(match[1]) - prepended}]{param[match.end():]}"
     return OpenAIError(exc.status, exc.message, type=exc.type, param=param, code=exc.code, headers=exc.headers)
-
-
-async def read_body(receive: Any, content_length: bytes | None, limit: int) -> bytes:
-    if content_length is not None:
-        if not content_length.isdigit():
-            raise OpenAIError(400, "Invalid Content-Length header.", code="invalid_request")
-        if int(content_length) > limit:
-            raise _too_large(limit)
-    size, parts = 0, []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone()
-        part = message.get("body", b"")
-        size += len(part)
-        if size > limit:  # chunked uploads carry no Content-Length: count as they arrive
-            raise _too_large(limit)
-        parts.append(part)
-        if not message.get("more_body"):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _too_large(limit: int) -> OpenAIError:
-    return OpenAIError(413, f"Request body is larger than this server's limit of {limit} bytes.",
-                       code="request_too_large")
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its request was read."""
 
 
 def parse_request(body: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
@@ -114,29 +93,11 @@ def _completion_summary(body: bytes) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def _tokens(usage: Any) -> tuple[int, int]:
-    if not isinstance(usage, dict):
-        return 0, 0
-    try:
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (TypeError, ValueError):
-        return 0, 0
-
-
-async def send_response(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(send: Any, err: OpenAIError) -> None:
-    headers = [*_JSON_HEADERS, *((k.lower().encode(), v.encode()) for k, v in err.headers.items())]
-    await send_response(send, err.status, orjson.dumps(err.body()), headers)
-
-
 class ChatService:
     def __init__(self, nodes: NodeTable, keys: KeyChecker, metrics: Metrics, conversations: Conversations,
-                 tracing: Tracing, max_body_bytes: int, router: Router | None = None):
+                 tracing: Tracing, max_body_bytes: int, router: Router | None = None,
+                 limits: RateLimiter | None = None):
+        self.limits = limits if limits is not None else RateLimiter(None, metrics)
         self.nodes = nodes
         self.router = router
         self.keys = keys
@@ -149,7 +110,8 @@ class ChatService:
         """The ASGI endpoint. Every outcome is an OpenAI-shaped answer; nothing escapes as a 500 trace."""
         started = time.perf_counter()
         self.metrics.request_started("")
-        model, node_name, status = "", "", 500
+        model, node_name, status, caller = "", "", 500, None
+        headers_extra: list[tuple[bytes, bytes]] = []
         try:
             authorization = content_length = conversation = None
             for name, value in scope["headers"]:
@@ -159,7 +121,8 @@ class ChatService:
                     content_length = value
                 elif name == CONVERSATION_HEADER:
                     conversation = value
-            self.keys.check(authorization)
+            caller = self.keys.check(authorization)
+            headers_extra += await self.limits.admit(caller)
             data, request = parse_request(await read_body(receive, content_length, self.max_body_bytes))
             model = request.model
             cid = conversation_id(conversation, data)
@@ -169,79 +132,110 @@ class ChatService:
             if cid is not None:
                 with self.tracing.child_span("octogate.history.read", {"octogate.conversation.id": cid}):
                     turn = await self.conversations.begin(cid, authorization, data)
-            route_headers: list[tuple[bytes, bytes]] = []
             if routed:
                 node, route_headers = await self.router.route(data)
+                headers_extra += route_headers
             node_name = node.name
             if request.stream:
-                status = await self._stream(node, data, turn, route_headers, started, receive, send)
+                status, answered = await self._stream(node, data, turn, headers_extra, started, receive, send, caller)
             else:
-                status = await self._complete(node, data, turn, route_headers, send)
+                status, answered = await self._complete(node, data, turn, headers_extra, send, caller)
+            node_name = answered.name
         except OpenAIError as err:
             status = err.status
-            await send_error(send, err)
-        except _ClientGone:
+            await send_error(send, err, headers_extra)  # x-ratelimit-* on refusals too, as OpenAI sends them
+        except ClientGone:
             status = 499
         except Exception:
             log.exception("unhandled error in /v1/chat/completions")
             await send_error(send, OpenAIError(500, "The server had an error while processing your request.",
                                                code="internal_error"))
         finally:
-            self.metrics.request_finished(model, node_name, status, time.perf_counter() - started)
+            self.metrics.request_finished(model, node_name, status, time.perf_counter() - started,
+                                          caller.name if caller is not None else "")
 
     async def _complete(self, node: Node, data: dict[str, Any], turn: Turn | None,
-                        route_headers: list[tuple[bytes, bytes]], send: Any) -> int:
-        payload = node.build_payload(data)
-        with self.tracing.backend_span(**node.trace_target, stream=False, request=payload) as span:
-            call = _BackendCall(self, node, span)
-            try:
-                body = await node.backend.complete(payload, self.tracing.inject(_NO_HEADERS))
-            except UpstreamError as exc:
-                raise call.failed(exc, payload, data) from None
-            summary = _completion_summary(body)  # the one parse of the body: usage, span, history
-            prompt_tokens, completion_tokens = _tokens(summary.get("usage"))
-            answer = answer_of(summary) if turn is not None or self.tracing.capture_content else None
-            choices = summary.get("choices") if span is not None else None
-            call.finished(True, prompt_tokens, completion_tokens, summary.get("model"), summary.get("id"),
-                          [c.get("finish_reason") for c in choices or () if c.get("finish_reason")],
-                          (answer or {}).get("content") if self.tracing.capture_content else None)
-        headers = [*_JSON_HEADERS, (NODE_HEADER, node.name.encode()), *route_headers]
+                        headers_extra: list[tuple[bytes, bytes]], send: Any, caller: Any) -> tuple[int, Node]:
+        chain = self._chain(node)
+        for i, node in enumerate(chain):
+            payload = node.build_payload(data)
+            with self.tracing.backend_span(**node.trace_target, stream=False, request=payload) as span:
+                call = _BackendCall(self, node, span, caller)
+                try:
+                    body = await node.backend.complete(payload, self.tracing.inject(_NO_HEADERS))
+                except UpstreamError as exc:
+                    error = call.failed(exc, payload, data)
+                    if i + 1 == len(chain) or not exc.retryable:
+                        raise error from None
+                    self._fall_back(node, chain[i + 1], exc, headers_extra)
+                    continue
+                summary = _completion_summary(body)  # the one parse of the body: usage, span, history
+                prompt_tokens, completion_tokens = _tokens(summary.get("usage"))
+                answer = answer_of(summary) if turn is not None or self.tracing.capture_content else None
+                choices = summary.get("choices") if span is not None else None
+                call.finished(True, prompt_tokens, completion_tokens, summary.get("model"), summary.get("id"),
+                              [c.get("finish_reason") for c in choices or () if c.get("finish_reason")],
+                              (answer or {}).get("content") if self.tracing.capture_content else None)
+            break
+        headers = [*JSON_HEADERS, (NODE_HEADER, node.name.encode()), *headers_extra]
         if turn is not None:
             with self.tracing.child_span("octogate.history.append"):
                 await self.conversations.finish(turn, answer)
             if turn.header is not None:
                 headers.append((HISTORY_HEADER, turn.header))
         await send_response(send, 200, body, headers)
-        return 200
+        await self.limits.spent(caller, prompt_tokens + completion_tokens)
+        return 200, node
 
     async def _stream(self, node: Node, data: dict[str, Any], turn: Turn | None,
-                      route_headers: list[tuple[bytes, bytes]], started: float, receive: Any, send: Any) -> int:
-        payload = node.build_payload(data)
-        with self.tracing.backend_span(**node.trace_target, stream=True, request=payload) as span:
-            call = _BackendCall(self, node, span)
-            chunks = node.backend.stream(payload, self.tracing.inject(_NO_HEADERS))
-            # Wait for the first chunk before answering, so a refused request still gets its HTTP status.
-            try:
-                first = await anext(chunks)
-            except StopAsyncIteration:
-                first = None
-            except UpstreamError as exc:
-                raise call.failed(exc, payload, data) from None
-            self.metrics.time_to_first_token(node.name, time.perf_counter() - started)
-            self.tracing.first_token(span)
-            headers = [*_SSE_HEADERS, (NODE_HEADER, node.name.encode()), *route_headers]
-            recorder = None
-            if turn is not None:
-                if turn.header is not None:
-                    headers.append((HISTORY_HEADER, turn.header))
-                recorder = _TurnRecorder(self.conversations, turn, self.tracing)
-            elif span is not None:
-                recorder = AnswerAssembler()  # what the span reports: model, id, finish reasons, text
-            outcome = await stream_sse(send, receive, headers, first, chunks, recorder)
-            call.finished(outcome.ok, outcome.prompt_tokens, outcome.completion_tokens,
-                          *((recorder.model, recorder.response_id, recorder.finish_reasons, "".join(recorder.content))
-                            if recorder is not None else (None, None, None, None)))
-        return 499 if outcome.client_gone else 200
+                      headers_extra: list[tuple[bytes, bytes]], started: float, receive: Any, send: Any,
+                      caller: Any) -> tuple[int, Node]:
+        chain = self._chain(node)
+        for i, node in enumerate(chain):
+            payload = node.build_payload(data)
+            with self.tracing.backend_span(**node.trace_target, stream=True, request=payload) as span:
+                call = _BackendCall(self, node, span, caller)
+                chunks = node.backend.stream(payload, self.tracing.inject(_NO_HEADERS))
+                # Wait for the first chunk before answering, so a refused request still gets its HTTP status.
+                try:
+                    first = await anext(chunks)
+                except StopAsyncIteration:
+                    first = None
+                except UpstreamError as exc:
+                    error = call.failed(exc, payload, data)
+                    if i + 1 == len(chain) or not exc.retryable:
+                        raise error from None
+                    self._fall_back(node, chain[i + 1], exc, headers_extra)
+                    continue
+                self.metrics.time_to_first_token(node.name, time.perf_counter() - started)
+                self.tracing.first_token(span)
+                headers = [*SSE_HEADERS, (NODE_HEADER, node.name.encode()), *headers_extra]
+                recorder = None
+                if turn is not None:
+                    if turn.header is not None:
+                        headers.append((HISTORY_HEADER, turn.header))
+                    recorder = _TurnRecorder(self.conversations, turn, self.tracing)
+                elif span is not None:
+                    recorder = AnswerAssembler()  # what the span reports: model, id, finish reasons, text
+                outcome = await stream_sse(send, receive, headers, first, chunks, recorder)
+                call.finished(outcome.ok, outcome.prompt_tokens, outcome.completion_tokens,
+                              *((recorder.model, recorder.response_id, recorder.finish_reasons,
+                                 "".join(recorder.content)) if recorder is not None else (None, None, None, None)))
+            break
+        await self.limits.spent(caller, outcome.prompt_tokens + outcome.completion_tokens)
+        return (499 if outcome.client_gone else 200), node
+
+    def _chain(self, node: Node) -> list[Node]:
+        """The node, then the nodes that take over when every replica of the one before has failed."""
+        fallbacks = self.nodes.fallbacks.get(node.name)
+        return [node, *fallbacks] if fallbacks else [node]
+
+    def _fall_back(self, node: Node, to: Node, exc: UpstreamError, headers_extra: list[tuple[bytes, bytes]]) -> None:
+        log.warning("node %s failed before answering (%s: %s); %s takes the request", node.name, exc.reason,
+                    exc.message, to.name)
+        headers_extra[:] = [(k, v) for k, v in headers_extra if k != FALLBACK_HEADER]
+        headers_extra.append((FALLBACK_HEADER, exc.reason.encode()))
+        self.metrics.fallback(node.name, to.name, exc.reason)
 
 
 class _BackendCall:
@@ -249,19 +243,20 @@ class _BackendCall:
     the call and its tokens in the metrics and the response on the span; ``failed`` does the same for
     a call refused before answering and gives the error to send the client."""
 
-    __slots__ = ("node", "service", "span", "t0")
+    __slots__ = ("key", "node", "service", "span", "t0")
 
-    def __init__(self, service: ChatService, node: Node, span: Any):
+    def __init__(self, service: ChatService, node: Node, span: Any, caller: ApiKeyConfig | None):
         self.service = service
         self.node = node
         self.span = span
+        self.key = caller.name if caller is not None else ""
         self.t0 = time.perf_counter()
 
     def finished(self, ok: bool, prompt_tokens: int, completion_tokens: int, model: str | None,
                  response_id: str | None, finish_reasons: list[str] | None, output_text: str | None) -> None:
         service, node = self.service, self.node
         service.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - self.t0, ok=ok)
-        service.metrics.tokens(node.name, prompt_tokens, completion_tokens)
+        service.metrics.tokens(node.name, prompt_tokens, completion_tokens, self.key)
         if self.span is not None:
             service.tracing.record_response(
                 self.span, response_model=model, response_id=response_id, input_tokens=prompt_tokens or None,
@@ -296,73 +291,3 @@ def _prepended(payload: dict[str, Any], data: dict[str, Any]) -> int:
     return len(payload["messages"]) - len(data["messages"])
 
 
-class StreamOutcome:
-    __slots__ = ("ok", "client_gone", "prompt_tokens", "completion_tokens")
-
-    def __init__(self) -> None:
-        self.ok = True
-        self.client_gone = False
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-
-
-async def stream_sse(send: Any, receive: Any, headers: list[tuple[bytes, bytes]], first: bytes | None,
-                     chunks: AsyncIterator[bytes], recorder: AnswerAssembler | None = None) -> StreamOutcome:
-    """Send chunks as Server-Sent Events until the backend is done or the client goes away.
-
-    An upstream failing mid-stream ends the stream with an OpenAI error event and no [DONE], which
-    the OpenAI SDKs raise as APIError. One watcher task waits for the client's disconnect and
-    cancels the sending, which closes the backend's stream (and so the upstream connection, or
-    the embedded model's generation).
-    """
-    outcome = StreamOutcome()
-    task = asyncio.current_task()
-    finished = False
-
-    async def watch_disconnect() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if not finished:
-                    outcome.client_gone = True
-                    task.cancel()
-                return
-
-    watcher = asyncio.create_task(watch_disconnect())
-    try:
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        chunk = first
-        try:
-            while chunk is not None:
-                if chunk.startswith(b'{') and b'"usage"' in chunk:
-                    _count_usage(chunk, outcome)
-                if recorder is not None:
-                    recorder.feed(chunk)
-                await send({"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True})
-                chunk = await anext(chunks, None)
-            if recorder is not None:
-                await recorder.complete()  # before [DONE], so the client's next turn sees this one
-            tail = _DONE
-        except UpstreamError as exc:
-            outcome.ok = False
-            tail = b"data: " + orjson.dumps(to_openai_error(exc).body()) + b"\n\n"
-        finished = True
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
-    except asyncio.CancelledError:
-        if not outcome.client_gone:
-            raise
-        task.uncancel()
-    finally:
-        finished = True
-        watcher.cancel()
-        await chunks.aclose()
-    return outcome
-
-
-def _count_usage(chunk: bytes, outcome: StreamOutcome) -> None:
-    try:
-        usage = orjson.loads(chunk).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
-        return
-    if isinstance(usage, dict):
-        outcome.prompt_tokens, outcome.completion_tokens = _tokens(usage)

@@ -56,7 +56,9 @@ class Replica:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         mode = self.next_mode()
-        self.calls.append({"at": time.time(), "mode": mode, "stream": bool(body.get("stream"))})
+        messages = body.get("messages") or [{}]
+        self.calls.append({"at": time.time(), "mode": mode, "stream": bool(body.get("stream")),
+                           "first_message": messages[0].get("content"), "model": body.get("model")})
         if mode == "error500":
             return web.json_response({"error": {"message": f"{self.name} is on fire", "type": "server_error"}},
                                      status=500)
