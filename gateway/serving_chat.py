@@ -48,6 +48,7 @@ from octogate.gateway.metrics import Metrics
 from octogate.gateway.nodes import Node, NodeTable
 from octogate.gateway.rate_limits import RateLimiter
 from octogate.gateway.routing import FALLBACK_HEADER, Router
+from octogate.gateway.serving_agents import AgentService
 from octogate.gateway.tracing import Tracing
 
 log = logging.getLogger("octogate")
@@ -105,6 +106,7 @@ class ChatService:
         self.conversations = conversations
         self.tracing = tracing
         self.max_body_bytes = max_body_bytes
+        self.agents = AgentService(nodes, metrics, tracing)  # model == an agent's name: serving_agents.py
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The ASGI endpoint. Every outcome is an OpenAI-shaped answer; nothing escapes as a 500 trace."""
@@ -125,6 +127,10 @@ class ChatService:
             headers_extra += await self.limits.admit(caller)
             data, request = parse_request(await read_body(receive, content_length, self.max_body_bytes))
             model = request.model
+            if model in self.agents:
+                node_name = model
+                status = await self.agents.serve(model, data, send, receive)
+                return
             cid = conversation_id(conversation, data)
             routed = self.router is not None and model == self.router.name
             node = None if routed else self.nodes.resolve(model)
