@@ -122,6 +122,11 @@ class JsonSchemaFormat(OpenAIBaseModel):
 
 
 class ResponseFormat(OpenAIBaseModel):
+    model_config = ConfigDict(json_schema_extra={  # what _schema_given checks, for the JSON schema's readers
+        "if": {"properties": {"type": {"const": "json_schema"}}},
+        "then": {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}},
+    })
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -153,7 +158,22 @@ class OctogateExtension(OpenAIBaseModel):
 
 
 # ---------------------------------------------------------------- the request
+def _cross_field_schema(schema: dict[str, Any]) -> None:
+    """What ``ChatCompletionRequest._cross_field`` checks, said in the JSON schema (/openapi.json)."""
+    for option in schema["properties"]["stop"].get("anyOf", []):
+        if option.get("type") == "array":
+            option["maxItems"] = 4
+    schema["allOf"] = [
+        {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+         "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}},
+        {"if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+         "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}},
+    ]
+
+
 class ChatCompletionRequest(OpenAIBaseModel):
+    model_config = ConfigDict(json_schema_extra=_cross_field_schema)
+
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
     stream: bool | None = False

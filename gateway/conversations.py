@@ -36,15 +36,16 @@ HISTORY_HEADER = b"x-octogate-history"
 
 
 def conversation_id(header: bytes | None, data: dict[str, Any]) -> str | None:
-    """The request's conversation id, validated (a 400 naming where it came from otherwise)."""
-    if header is not None:
-        value, param = header.decode("latin-1"), "X-Conversation-Id"
-    else:
-        metadata = data.get("metadata")
-        value = metadata.get("conversation_id") if isinstance(metadata, dict) else None
-        if value is None:
-            return None
-        param = "metadata.conversation_id"
+    """The request's conversation id, validated (a 400 naming where it came from otherwise). The
+    header wins over ``metadata.conversation_id``, but a bad id in the metadata is a 400 either way."""
+    metadata = data.get("metadata")
+    in_metadata = metadata.get("conversation_id") if isinstance(metadata, dict) else None
+    if in_metadata is not None:
+        in_metadata = _checked(in_metadata, "metadata.conversation_id")
+    return _checked(header.decode("latin-1"), "X-Conversation-Id") if header is not None else in_metadata
+
+
+def _checked(value: object, param: str) -> str:
     try:
         return check_conversation_id(value)
     except ValueError as exc:

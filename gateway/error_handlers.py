@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
 from octogate.core.errors import OpenAIError, format_param
 
@@ -20,6 +21,17 @@ log = logging.getLogger("octogate")
 
 def error_response(exc: OpenAIError) -> Response:
     return Response(exc.json(), exc.status, exc.headers, media_type="application/json")
+
+
+def _allowed(request: Request) -> str:
+    """The methods every route of this path accepts, for a 405's ``Allow`` header (RFC 9110 requires
+    it). Starlette's own header names the first matching route's methods only: with GET and DELETE
+    as two routes of one path, it would say ``GET``."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, BaseRoute) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -38,7 +50,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return error_response(OpenAIError(404, f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url"))
         if exc.status_code == 405:
-            return error_response(OpenAIError(405, f"Method {request.method} is not allowed for {request.url.path}.", code="method_not_allowed"))
+            return error_response(OpenAIError(405, f"Method {request.method} is not allowed for {request.url.path}.",
+                                              code="method_not_allowed", headers={"Allow": _allowed(request)}))
         return error_response(OpenAIError(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(Exception)
