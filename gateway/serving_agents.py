@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter
 from octogate.agents.husky import AgentResult, Husky
 from octogate.core.errors import OpenAIError, UpstreamError
 from octogate.core.messages import content_text
+from octogate.gateway.asgi_io import stream_sse
 
 if TYPE_CHECKING:
     from octogate.core.graph import GraphConfig
@@ -133,8 +134,6 @@ class AgentService:
 
     async def _stream(self, agent: Husky, model: str, task: str, max_tokens: int | None, rid: str, created: int,
                       send: Any, receive: Any) -> int:
-        from octogate.gateway.serving_chat import stream_sse
-
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
