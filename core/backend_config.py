@@ -49,6 +49,10 @@ class BackendConfig(StrictModel):
         default="native", description="native: requests' tools pass through to the backend; octogate: octogate "
         "makes the tool calls itself with structured outputs (json_schema response_format), for models without "
         "tool calling of their own (the embedded model always makes its own calls)")
+    responses: Literal["translate", "native"] = Field(
+        default="translate", description="POST /v1/responses: translate: answered through the node's chat "
+        "completion (every backend); native: passed through to the upstream's own /v1/responses (vLLM, SGLang, "
+        "OpenAI), the persona as instructions")
     # Embedded-model settings (ignored by remote adapters).
     model_path: str | None = None
     n_ctx: int = Field(default=2048, ge=128)
@@ -98,6 +102,8 @@ class BackendConfig(StrictModel):
     def _adapter_fits(self) -> BackendConfig:
         if self.kind == "embedded" and self.provider != EMBEDDED_PROVIDER:
             raise ValueError("adapter 'embedded' needs a model written embedded/<name>")
+        if self.responses == "native" and self.kind != "openai":
+            raise PathError(("responses",), "responses: native needs an OpenAI-compatible server (adapter 'openai')")
         if isinstance(self.api_base, list):
             if not self.api_base:
                 raise PathError(("api_base",), "a list of replicas needs at least one address")

@@ -48,6 +48,7 @@ from octogate.core.config_base import (  # noqa: F401
     format_loc,
     resolve_secret,
 )
+from octogate.core.responses_config import ResponsesConfig
 from octogate.core.server_config import (  # noqa: F401
     ApiKeyConfig,
     HistoryConfig,
@@ -143,6 +144,7 @@ class ToolsetConfig(StrictModel):
 class GraphConfig(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     history: HistoryConfig | None = None
+    responses: ResponsesConfig | None = None  # stored responses of /v1/responses (core/responses_config.py)
     router: RouterConfig | None = None
     toolsets: dict[str, ToolsetConfig] = Field(default_factory=dict)
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
