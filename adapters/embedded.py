@@ -60,6 +60,11 @@ class EmbeddedBackend(TranslatingBackend):
                 trace_headers: dict[str, str] | None) -> Prepared:
         return prepare(self.model, self.toolsets, request, payload)
 
+    async def prepare_off_loop(self, request: ChatCompletionRequest, payload: dict[str, Any],
+                               trace_headers: dict[str, str] | None) -> Prepared:
+        # Templating and tokenising a long conversation is CPU work: on the model's thread, never the loop.
+        return await self.model.thread.run(self.prepare, request, payload, trace_headers)
+
     def origin(self, job: Prepared) -> Origin:
         return Origin(self.model_name)
 

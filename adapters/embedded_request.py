@@ -21,6 +21,10 @@ from octogate.core.json_schema import normalise, validation_error
 from octogate.core.protocol import ChatCompletionRequest
 from octogate.core.tool_plan import ToolChooser, ToolChoosers, ToolPlan, plan_tools
 
+# Each chat turn costs at least this many tokens of the template's own (ChatML: <|im_start|>, the
+# role, a newline, <|im_end|>, a newline), whatever its content.
+MIN_TOKENS_PER_TURN = 4
+
 
 @dataclass
 class Prepared:
@@ -69,6 +73,10 @@ def prepare(model: EmbeddedModel, toolsets: ToolChoosers | None, request: ChatCo
         raise UpstreamError(400, "The embedded model does not return logprobs.", param="logprobs",
                             code="unsupported_parameter")
     messages = payload["messages"]
+    if len(messages) * MIN_TOKENS_PER_TURN > model.n_ctx:  # cannot fit: say so before templating any of it
+        raise UpstreamError(400, f"This model's maximum context length is {model.n_ctx} tokens; {len(messages)} "
+                            f"messages take at least {len(messages) * MIN_TOKENS_PER_TURN}.", param="messages",
+                            code="context_length_exceeded")
     flat = flatten_messages(messages)
     mode = request.tool_calls_mode
     toolset = None

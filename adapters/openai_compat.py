@@ -78,7 +78,11 @@ class OpenAICompatibleBackend(Backend):
     async def _post(self, payload: dict[str, Any], trace_headers: dict[str, str] | None) -> aiohttp.ClientResponse:
         headers = {**self.headers, **trace_headers} if trace_headers else self.headers
         try:
-            resp = await self.session.post(self.url, data=orjson.dumps(payload), headers=headers)
+            body = orjson.dumps(payload)
+        except orjson.JSONEncodeError as exc:  # nesting past orjson's depth limit: the request's own fault
+            raise UpstreamError(400, f"The request cannot be forwarded as JSON: {exc}.", code="invalid_json") from None
+        try:
+            resp = await self.session.post(self.url, data=body, headers=headers)
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(f"Upstream {self.label} did not answer within {self.cfg.timeout:g}s.") from None
         except aiohttp.ClientError as exc:

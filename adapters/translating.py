@@ -165,8 +165,14 @@ class TranslatingBackend(Backend):
     def forward_stream(self, payload: dict[str, Any], trace_headers: dict[str, str] | None) -> AsyncIterator[bytes]:
         raise NotImplementedError
 
+    async def prepare_off_loop(self, request: ChatCompletionRequest, payload: dict[str, Any],
+                               trace_headers: dict[str, str] | None) -> Any:
+        """``prepare``, where the backend runs it: on the event loop by default; a backend whose
+        preparation is CPU work (templating, tokenising) runs it elsewhere so other requests go on."""
+        return self.prepare(request, payload, trace_headers)
+
     async def complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> bytes:
-        job = self.prepare(validated(payload), payload, trace_headers)
+        job = await self.prepare_off_loop(validated(payload), payload, trace_headers)
         if job is None:
             return await self.forward_complete(payload, trace_headers)
         answer = await self.generate(job)
@@ -175,7 +181,7 @@ class TranslatingBackend(Backend):
     async def stream(self, payload: dict[str, Any],
                      trace_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         request = validated(payload)
-        job = self.prepare(request, payload, trace_headers)
+        job = await self.prepare_off_loop(request, payload, trace_headers)
         if job is None:
             chunks = self.forward_stream(payload, trace_headers)
         else:

@@ -22,6 +22,38 @@ class ClientGone(Exception):
     """The client disconnected before its request was read."""
 
 
+class CancelOnDisconnect:
+    """``async with CancelOnDisconnect(receive):`` around work done for a client that may leave: when
+    it disconnects, the work is cancelled (a backend call closes its upstream connection; the
+    embedded model stops at its next token) and ``ClientGone`` is raised in its place."""
+
+    __slots__ = ("receive", "task", "watcher", "gone")
+
+    def __init__(self, receive: Any):
+        self.receive = receive
+        self.gone = False
+
+    async def __aenter__(self) -> CancelOnDisconnect:
+        self.task = asyncio.current_task()
+        self.watcher = asyncio.ensure_future(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                self.task.cancel()
+                return
+
+    async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        self.watcher.cancel()
+        if self.gone and kind is asyncio.CancelledError:
+            self.task.uncancel()
+            raise ClientGone()
+        return False
+
+
 def _too_large(limit: int) -> OpenAIError:
     return OpenAIError(413, f"Request body is larger than this server's limit of {limit} bytes.",
                        code="request_too_large")
@@ -45,15 +77,6 @@ async def read_body(receive: Any, content_length: bytes | None, limit: int) -> b
         parts.append(part)
         if not message.get("more_body"):
             return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _too_large(limit: int) -> OpenAIError:
-    return OpenAIError(413, f"Request body is larger than this server's limit of {limit} bytes.",
-                       code="request_too_large")
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its request was read."""
 
 
 async def send_response(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

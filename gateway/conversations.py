@@ -8,10 +8,16 @@ messages plus the answer, is appended, before the response ends, so the next tur
 
 When the store is down the request is served without history and says so in the
 ``x-octogate-history: unavailable`` header and the ``octogate_history_unavailable_total`` metric.
+A turn whose append fails is not lost: it waits in a bounded outbox of this process, retried in
+order until the store is back (``x-octogate-history: pending`` on a non-streamed answer; a stream's
+headers are gone by then). What overflows the outbox is counted (``operation="outbox_overflow"``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections import deque
 from typing import Any
 
 import orjson
@@ -33,6 +39,9 @@ from octogate.gateway.metrics import Metrics
 
 CONVERSATION_HEADER = b"x-conversation-id"
 HISTORY_HEADER = b"x-octogate-history"
+OUTBOX_LIMIT = 1000  # turns waiting for the store, per process
+OUTBOX_RETRY_SECONDS = 1.0
+log = logging.getLogger("octogate.history")
 
 
 def conversation_id(header: bytes | None, data: dict[str, Any]) -> str | None:
@@ -64,6 +73,53 @@ class Turn:
         self.header = header  # value for x-octogate-history, or None
 
 
+class Outbox:
+    """Appends that failed, kept in order and retried until the store takes them."""
+
+    def __init__(self, store: ConversationStore, metrics: Metrics, limit: int = OUTBOX_LIMIT):
+        self.store = store
+        self.metrics = metrics
+        self.pending: deque[tuple[str, str, list[dict[str, Any]], dict[str, Any]]] = deque()
+        self.limit = limit
+        self._retrying: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def put(self, scope: str, conversation: str, messages: list[dict[str, Any]], answer: dict[str, Any]) -> None:
+        if len(self.pending) >= self.limit:
+            self.pending.popleft()
+            self.metrics.history_unavailable("outbox_overflow")
+            log.error("history outbox full (%d turns): the oldest pending turn is dropped", self.limit)
+        self.pending.append((scope, conversation, messages, answer))
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.ensure_future(self._retry())
+
+    async def flush(self) -> bool:
+        """Append what is pending, in order; False as soon as the store fails again."""
+        async with self._lock:
+            while self.pending:
+                if not await self.store.append(*self.pending[0]):
+                    return False
+                self.pending.popleft()
+            return True
+
+    async def _retry(self) -> None:
+        while self.pending:
+            await asyncio.sleep(OUTBOX_RETRY_SECONDS)
+            if await self.flush():
+                log.info("history store back: pending turns appended")
+
+    async def aclose(self) -> None:
+        if self.pending:
+            await self.flush()
+            if self.pending:
+                log.error("shutting down with %d conversation turns the store never took", len(self.pending))
+        if self._retrying is not None:
+            self._retrying.cancel()
+
+
 class Conversations:
     def __init__(self, config: HistoryConfig | None, metrics: Metrics):
         self.metrics = metrics
@@ -72,6 +128,7 @@ class Conversations:
             HistoryLimits(max_turns=config.max_turns, max_tokens=config.max_tokens, ttl_seconds=config.ttl_seconds),
             key_prefix=config.key_prefix, op_timeout=config.op_timeout,
         )
+        self.outbox = None if self.store is None else Outbox(self.store, metrics)
 
     async def start(self) -> None:
         if self.store is not None:
@@ -79,6 +136,7 @@ class Conversations:
 
     async def aclose(self) -> None:
         if self.store is not None:
+            await self.outbox.aclose()
             await self.store.aclose()
 
     def status(self) -> str:
@@ -95,6 +153,8 @@ class Conversations:
         if self.store is None:
             turn.header = b"disabled"
             return turn
+        if self.outbox and not self.store.degraded:  # turns still pending go in first, so this one reads them
+            await self.outbox.flush()
         history = await self.store.history(turn.scope, conversation)
         if history is None:
             turn.header = b"unavailable"
@@ -108,6 +168,8 @@ class Conversations:
             return
         if not await self.store.append(turn.scope, turn.conversation_id, turn.new_messages, answer):
             self.metrics.history_unavailable("append")
+            self.outbox.put(turn.scope, turn.conversation_id, turn.new_messages, answer)
+            turn.header = b"pending"
 
     # ------------------------------------------------------------------ GET/DELETE /v1/conversations/{id}
     async def get(self, conversation: str, authorization: str | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from octogate.core.server_config import ApiKeyConfig
 from octogate.gateway.asgi_io import (  # noqa: F401  (stream_sse and friends: re-exported for other endpoints)
     JSON_HEADERS,
     SSE_HEADERS,
+    CancelOnDisconnect,
     ClientGone,
     StreamOutcome,
     _count_usage,
@@ -145,7 +146,7 @@ class ChatService:
             if request.stream:
                 status, answered = await self._stream(node, data, turn, headers_extra, started, receive, send, caller)
             else:
-                status, answered = await self._complete(node, data, turn, headers_extra, send, caller)
+                status, answered = await self._complete(node, data, turn, headers_extra, receive, send, caller)
             node_name = answered.name
         except OpenAIError as err:
             status = err.status
@@ -161,14 +162,16 @@ class ChatService:
                                           caller.name if caller is not None else "")
 
     async def _complete(self, node: Node, data: dict[str, Any], turn: Turn | None,
-                        headers_extra: list[tuple[bytes, bytes]], send: Any, caller: Any) -> tuple[int, Node]:
+                        headers_extra: list[tuple[bytes, bytes]], receive: Any, send: Any,
+                        caller: Any) -> tuple[int, Node]:
         chain = self._chain(node)
         for i, node in enumerate(chain):
             payload = node.build_payload(data)
             with self.tracing.backend_span(**node.trace_target, stream=False, request=payload) as span:
                 call = _BackendCall(self, node, span, caller)
                 try:
-                    body = await node.backend.complete(payload, self.tracing.inject(_NO_HEADERS))
+                    async with CancelOnDisconnect(receive):  # a client gone stops the work done for it
+                        body = await node.backend.complete(payload, self.tracing.inject(_NO_HEADERS))
                 except UpstreamError as exc:
                     error = call.failed(exc, payload, data)
                     if i + 1 == len(chain) or not exc.retryable:

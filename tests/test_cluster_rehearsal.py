@@ -11,8 +11,10 @@ in front of a scripted OpenAI-compatible upstream and an SGLang-protocol router 
   listed for a moment, and nginx's `proxy_next_upstream error` sends the refused requests to the
   others: still no failed request.
 
+- a key's rate limit holds across the replicas: its budget is counted in the one Redis.
+
 Everything listens on 127.0.0.1; the keys live in Redis database 13 under a per-run prefix and are
-deleted afterwards. Rate limits across replicas are not rehearsed: the gateway has none yet.
+deleted afterwards.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 REPLICAS = 3
 LOAD = 100           # requests per load phase (two phases: 200 in all)
 CONCURRENCY = 8
+KEY = {"Authorization": "Bearer rehearsal-key"}  # no budget of its own
+TEAM_A = {"Authorization": "Bearer team-a-key"}  # 5 requests a minute, across the replicas
 
 
 class HeldUpstream(ScriptedUpstream):
@@ -180,7 +184,7 @@ class Cluster:
 
     def post(self, model: str, text: str, headers: dict[str, str] | None = None) -> httpx.Response:
         # A new connection per request (no keep-alive), as from many clients.
-        return httpx.post(f"{self.nginx.url}/v1/chat/completions", headers=headers, timeout=60,
+        return httpx.post(f"{self.nginx.url}/v1/chat/completions", headers={**KEY, **(headers or {})}, timeout=60,
                           json={"model": model, "messages": [{"role": "user", "content": text}]})
 
     def addr(self, gw: Gateway) -> str:
@@ -194,6 +198,9 @@ def rehearsal_graph(upstream: ScriptedUpstream, router_url: str, run: str) -> di
         return n if token is None else {**n, "token": token}
 
     return {
+        "server": {"api_keys": [{"name": "rehearsal", "key": "rehearsal-key"},
+                                {"name": "team-a", "key": "team-a-key", "requests_per_minute": 5}],
+                   "rate_limits": {"redis_url": REDIS_URL, "key_prefix": f"octogate:rehearsal:{run}:rl"}},
         "history": {"redis_url": REDIS_URL, "key_prefix": f"octogate:rehearsal:{run}:conv:", "ttl_seconds": 600},
         "router": {"engine": "sglang", "base_url": router_url, "mode": "select", "timeout": 2, "fallback": "general",
                    "cache": {"redis_url": REDIS_URL, "ttl_seconds": 600}},
@@ -233,6 +240,15 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
                 r.delete(key)
 
 
+def test_a_keys_rate_limit_holds_across_the_replicas(cluster):
+    answers = [cluster.post("general", f"budget {i}", TEAM_A) for i in range(8)]
+    assert [r.status_code for r in answers] == [200] * 5 + [429] * 3
+    assert len({r.headers["x-upstream"] for r in answers[:5]}) > 1, "the budget was spent on several replicas"
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in answers[:5]] == ["4", "3", "2", "1", "0"]
+    assert answers[5].json()["error"]["code"] == "rate_limit_exceeded"
+    assert cluster.post("general", "another key", KEY).status_code == 200
+
+
 def test_a_conversation_continues_whichever_replica_answers(cluster):
     conversation = f"rehearsal-{cluster.run}"
     turns = ["My name is Ada.", "I write compilers.", "What do you know about me?"]
@@ -251,7 +267,7 @@ def test_a_conversation_continues_whichever_replica_answers(cluster):
                     ("user", turns[2])]
     # Every replica reads the same stored conversation.
     for gw in cluster.replicas:
-        stored = httpx.get(f"{gw.url}/v1/conversations/{conversation}", timeout=10)
+        stored = httpx.get(f"{gw.url}/v1/conversations/{conversation}", headers=KEY, timeout=10)
         assert stored.status_code == 200 and len(stored.json()["turns"]) == 3
 
 

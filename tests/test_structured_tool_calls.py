@@ -18,6 +18,7 @@ import yaml
 from aiohttp import web
 
 from octogate.adapters import build_backend
+from octogate.adapters.replicas import ReplicatedBackend
 from octogate.adapters.embedded import EmbeddedBackend
 from octogate.adapters.litellm_backend import LiteLLMBackend
 from octogate.adapters.openai_compat import OpenAICompatibleBackend
@@ -167,12 +168,16 @@ def test_config_marks_backends_and_only_remote_ones_are_wrapped():
     embedded_cfg = parse_graph(graph(model="embedded/smollm2-135m-instruct", tool_calls="octogate")).nodes[0].backend
     native_cfg = parse_graph(graph(model="openai/m", api_base="http://x/v1")).nodes[0].backend
     assert native_cfg.tool_calls == "native"
+    def remote(backend) -> object:  # remote backends sit behind their replica set (adapters/replicas.py)
+        assert isinstance(backend, ReplicatedBackend)
+        return backend.replicas[0].backend
+
     wrapped = build_backend(openai_cfg, "b")
-    assert isinstance(wrapped, StructuredToolCalls) and isinstance(wrapped.inner, OpenAICompatibleBackend)
+    assert isinstance(wrapped, StructuredToolCalls) and isinstance(remote(wrapped.inner), OpenAICompatibleBackend)
     assert wrapped.label == "b"
-    assert isinstance(build_backend(litellm_cfg, "b").inner, LiteLLMBackend)
+    assert isinstance(remote(build_backend(litellm_cfg, "b").inner), LiteLLMBackend)
     assert isinstance(build_backend(embedded_cfg, "b"), EmbeddedBackend)  # makes its own calls anyway
-    assert isinstance(build_backend(native_cfg, "b"), OpenAICompatibleBackend)
+    assert isinstance(remote(build_backend(native_cfg, "b")), OpenAICompatibleBackend)
     with pytest.raises(ConfigError, match=r"nodes\[0\]\.backend\.tool_calls"):
         parse_graph(graph(model="openai/m", tool_calls="sometimes"), "g.yaml")
 
@@ -386,7 +391,8 @@ def test_upstream_errors_propagate_unchanged(client, structured_upstream):
     with pytest.raises(openai.RateLimitError) as err:
         client.chat.completions.create(model="remote", messages=WEATHER_Q, tools=TOOLS)
     assert err.value.response.headers["retry-after"] == "7" and "slow down" in err.value.message
-    structured_upstream.script((500, {"error": {"message": "the GPU caught fire"}}, {}))
+    # a 500 is retried (backend.retries, 2 by default): the upstream fails all three tries
+    structured_upstream.script(*[(500, {"error": {"message": "the GPU caught fire"}}, {})] * 3)
     with pytest.raises(openai.APIStatusError) as err:
         list(client.chat.completions.create(model="remote", messages=WEATHER_Q, tools=TOOLS, stream=True))
     assert err.value.status_code == 502 and "the GPU caught fire" in err.value.message
