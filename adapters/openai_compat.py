@@ -19,6 +19,7 @@ import orjson
 
 from octogate.adapters.base import Backend
 from octogate.core.errors import PASS_THROUGH_STATUSES, RETRYABLE_STATUSES, UpstreamError, UpstreamTimeout
+from octogate.core.exact_json import dump_json
 from octogate.core.graph import DEFAULT_OPENAI_API_BASE, BackendConfig, resolve_secret
 from octogate.core.http_pool import HttpPool
 
@@ -78,8 +79,8 @@ class OpenAICompatibleBackend(Backend):
     async def _post(self, payload: dict[str, Any], trace_headers: dict[str, str] | None) -> aiohttp.ClientResponse:
         headers = {**self.headers, **trace_headers} if trace_headers else self.headers
         try:
-            body = orjson.dumps(payload)
-        except orjson.JSONEncodeError as exc:  # nesting past orjson's depth limit: the request's own fault
+            body = dump_json(payload)
+        except ValueError as exc:  # nesting past the encoder's depth limit: the request's own fault
             raise UpstreamError(400, f"The request cannot be forwarded as JSON: {exc}.", code="invalid_json") from None
         try:
             resp = await self.session.post(self.url, data=body, headers=headers)

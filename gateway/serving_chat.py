@@ -20,6 +20,7 @@ import orjson
 from pydantic import ValidationError
 
 from octogate.core.errors import OpenAIError, UpstreamError, from_validation_error
+from octogate.core.exact_json import load_json
 from octogate.core.protocol import ChatCompletionRequest
 from octogate.core.server_config import ApiKeyConfig
 from octogate.gateway.asgi_io import (  # noqa: F401  (stream_sse and friends: re-exported for other endpoints)
@@ -75,8 +76,8 @@ def to_openai_error(exc: UpstreamError, prepended: int = 0) -> OpenAIError:
 def parse_request(body: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
     """The request body as the client wrote it (what is forwarded) and as the validated protocol model."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        data = load_json(body)
+    except ValueError as exc:  # orjson's JSONDecodeError is one
         raise OpenAIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise OpenAIError(400, "The request body must be a JSON object.", code="invalid_json")
@@ -164,6 +165,23 @@ class ChatService:
     async def _complete(self, node: Node, data: dict[str, Any], turn: Turn | None,
                         headers_extra: list[tuple[bytes, bytes]], receive: Any, send: Any,
                         caller: Any) -> tuple[int, Node]:
+        done = await self.complete_chat(node, data, headers_extra, receive, caller, want_answer=turn is not None)
+        headers = [*JSON_HEADERS, (NODE_HEADER, done.node.name.encode()), *headers_extra]
+        if turn is not None:
+            with self.tracing.child_span("octogate.history.append"):
+                await self.conversations.finish(turn, done.answer)
+            if turn.header is not None:
+                headers.append((HISTORY_HEADER, turn.header))
+        await send_response(send, 200, done.body, headers)
+        await self.limits.spent(caller, done.prompt_tokens + done.completion_tokens)
+        return 200, done.node
+
+    async def complete_chat(self, node: Node, data: dict[str, Any], headers_extra: list[tuple[bytes, bytes]],
+                            receive: Any, caller: Any, want_answer: bool = False) -> Completed:
+        """The non-streamed chat completion of ``data`` (a chat request as the client would write it) by
+        ``node``, or by its fallbacks when it fails before answering (``x-octogate-fallback`` added to
+        ``headers_extra``): the backend span, the call's metrics and tokens recorded; nothing sent.
+        Endpoints that answer through a chat completion (/v1/responses) call this too."""
         chain = self._chain(node)
         for i, node in enumerate(chain):
             payload = node.build_payload(data)
@@ -180,29 +198,49 @@ class ChatService:
                     continue
                 summary = _completion_summary(body)  # the one parse of the body: usage, span, history
                 prompt_tokens, completion_tokens = _tokens(summary.get("usage"))
-                answer = answer_of(summary) if turn is not None or self.tracing.capture_content else None
+                answer = answer_of(summary) if want_answer or self.tracing.capture_content else None
                 choices = summary.get("choices") if span is not None else None
                 call.finished(True, prompt_tokens, completion_tokens, summary.get("model"), summary.get("id"),
                               [c.get("finish_reason") for c in choices or () if c.get("finish_reason")],
                               (answer or {}).get("content") if self.tracing.capture_content else None)
-            break
-        headers = [*JSON_HEADERS, (NODE_HEADER, node.name.encode()), *headers_extra]
-        if turn is not None:
-            with self.tracing.child_span("octogate.history.append"):
-                await self.conversations.finish(turn, answer)
-            if turn.header is not None:
-                headers.append((HISTORY_HEADER, turn.header))
-        await send_response(send, 200, body, headers)
-        await self.limits.spent(caller, prompt_tokens + completion_tokens)
-        return 200, node
+            return Completed(node, body, summary, answer, prompt_tokens, completion_tokens)
+        raise AssertionError("a chain is never empty")  # pragma: no cover
 
     async def _stream(self, node: Node, data: dict[str, Any], turn: Turn | None,
                       headers_extra: list[tuple[bytes, bytes]], started: float, receive: Any, send: Any,
                       caller: Any) -> tuple[int, Node]:
+        opened = await self.open_stream(node, data, headers_extra, started, caller)
+        try:
+            headers = [*SSE_HEADERS, (NODE_HEADER, opened.node.name.encode()), *headers_extra]
+            recorder = None
+            if turn is not None:
+                if turn.header is not None:
+                    headers.append((HISTORY_HEADER, turn.header))
+                recorder = _TurnRecorder(self.conversations, turn, self.tracing)
+            elif opened.span is not None:
+                recorder = AnswerAssembler()  # what the span reports: model, id, finish reasons, text
+            outcome = await stream_sse(send, receive, headers, opened.first, opened.chunks, recorder)
+            opened.finished(outcome.ok, outcome.prompt_tokens, outcome.completion_tokens,
+                            *((recorder.model, recorder.response_id, recorder.finish_reasons,
+                               "".join(recorder.content)) if recorder is not None else (None, None, None, None)))
+        except BaseException as exc:
+            opened.close(type(exc), exc, exc.__traceback__)
+            raise
+        opened.close()
+        await self.limits.spent(caller, outcome.prompt_tokens + outcome.completion_tokens)
+        return (499 if outcome.client_gone else 200), opened.node
+
+    async def open_stream(self, node: Node, data: dict[str, Any], headers_extra: list[tuple[bytes, bytes]],
+                          started: float, caller: Any) -> OpenedStream:
+        """A streamed chat completion of ``data`` by ``node`` (or its fallbacks), up to its first chunk:
+        a refusal is raised before anything is sent, so the client still gets its HTTP status. The
+        backend span stays open until the caller's ``OpenedStream.close``."""
         chain = self._chain(node)
         for i, node in enumerate(chain):
             payload = node.build_payload(data)
-            with self.tracing.backend_span(**node.trace_target, stream=True, request=payload) as span:
+            span_scope = self.tracing.backend_span(**node.trace_target, stream=True, request=payload)
+            span = span_scope.__enter__()
+            try:
                 call = _BackendCall(self, node, span, caller)
                 chunks = node.backend.stream(payload, self.tracing.inject(_NO_HEADERS))
                 # Wait for the first chunk before answering, so a refused request still gets its HTTP status.
@@ -215,24 +253,15 @@ class ChatService:
                     if i + 1 == len(chain) or not exc.retryable:
                         raise error from None
                     self._fall_back(node, chain[i + 1], exc, headers_extra)
+                    span_scope.__exit__(None, None, None)
                     continue
-                self.metrics.time_to_first_token(node.name, time.perf_counter() - started)
-                self.tracing.first_token(span)
-                headers = [*SSE_HEADERS, (NODE_HEADER, node.name.encode()), *headers_extra]
-                recorder = None
-                if turn is not None:
-                    if turn.header is not None:
-                        headers.append((HISTORY_HEADER, turn.header))
-                    recorder = _TurnRecorder(self.conversations, turn, self.tracing)
-                elif span is not None:
-                    recorder = AnswerAssembler()  # what the span reports: model, id, finish reasons, text
-                outcome = await stream_sse(send, receive, headers, first, chunks, recorder)
-                call.finished(outcome.ok, outcome.prompt_tokens, outcome.completion_tokens,
-                              *((recorder.model, recorder.response_id, recorder.finish_reasons,
-                                 "".join(recorder.content)) if recorder is not None else (None, None, None, None)))
-            break
-        await self.limits.spent(caller, outcome.prompt_tokens + outcome.completion_tokens)
-        return (499 if outcome.client_gone else 200), node
+            except BaseException as exc:
+                span_scope.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            self.metrics.time_to_first_token(node.name, time.perf_counter() - started)
+            self.tracing.first_token(span)
+            return OpenedStream(node, span, span_scope, call, first, chunks)
+        raise AssertionError("a chain is never empty")  # pragma: no cover
 
     def _chain(self, node: Node) -> list[Node]:
         """The node, then the nodes that take over when every replica of the one before has failed."""
@@ -280,6 +309,45 @@ class _BackendCall:
         service.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - self.t0, ok=False)
         service.tracing.record_error(self.span, exc.status, exc.message, exc.code or exc.type)
         return to_openai_error(exc, _prepended(payload, data))
+
+
+class Completed:
+    """A non-streamed chat completion as ``complete_chat`` got it: the node that answered, the body
+    as the backend sent it, its one parse, the assistant message (when asked for) and the tokens."""
+
+    __slots__ = ("node", "body", "summary", "answer", "prompt_tokens", "completion_tokens")
+
+    def __init__(self, node: Node, body: bytes, summary: dict[str, Any], answer: dict[str, Any] | None,
+                 prompt_tokens: int, completion_tokens: int):
+        self.node = node
+        self.body = body
+        self.summary = summary
+        self.answer = answer
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+
+
+class OpenedStream:
+    """A streamed chat completion whose first chunk is in hand (``open_stream``): ``first``, then the
+    rest of ``chunks``. The caller records the outcome with ``finished`` and ends the span with ``close``."""
+
+    __slots__ = ("node", "span", "span_scope", "call", "first", "chunks")
+
+    def __init__(self, node: Node, span: Any, span_scope: Any, call: _BackendCall, first: bytes | None, chunks: Any):
+        self.node = node
+        self.span = span
+        self.span_scope = span_scope
+        self.call = call
+        self.first = first
+        self.chunks = chunks
+
+    def finished(self, ok: bool, prompt_tokens: int, completion_tokens: int, model: str | None = None,
+                 response_id: str | None = None, finish_reasons: list[str] | None = None,
+                 output_text: str | None = None) -> None:
+        self.call.finished(ok, prompt_tokens, completion_tokens, model, response_id, finish_reasons, output_text)
+
+    def close(self, kind: Any = None, exc: BaseException | None = None, tb: Any = None) -> None:
+        self.span_scope.__exit__(kind, exc, tb)
 
 
 class _TurnRecorder(AnswerAssembler):

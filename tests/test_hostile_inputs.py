@@ -36,6 +36,19 @@ def test_deep_nesting_in_a_pass_through_field_is_a_400(gateway, depth, stream):
     assert resp.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_integers_beyond_64_bits_reach_the_upstream_as_written(gateway, upstream, stream):
+    tool = (b'{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": '
+            b'{"n": {"type": "integer", "maximum": 100000000000000000000000, "minimum": -123456789012345678901}}}}}')
+    resp = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=30, content=(
+        b'{"model": "plain", "stream": %s, "messages": [{"role": "user", "content": "hi"}], "tools": [%s], '
+        b'"x_ratio": 1.0, "x_count": 1}' % (b"true" if stream else b"false", tool)))
+    assert resp.status_code == 200, resp.text
+    raw = upstream.state.last().raw
+    assert b'"maximum":100000000000000000000000' in raw and b'"minimum":-123456789012345678901' in raw
+    assert b'"x_ratio":1.0' in raw and b'"x_count":1' in raw
+
+
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     gw = default_graph_gateway(tmp_path_factory.mktemp("embedded"), toolsets=False)

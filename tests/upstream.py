@@ -31,6 +31,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    raw: bytes = b""
 
 
 @dataclass
@@ -83,8 +84,9 @@ class ScriptedUpstream(LoopbackServer):
         return web.json_response({"object": "list", "data": [{"id": "echo", "object": "model"}]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = orjson.loads(await request.read())
-        self.state.requests.append(Received(request.path, dict(request.headers), body))
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.state.requests.append(Received(request.path, dict(request.headers), body, raw))
         model = body.get("model", "")
         if model == "ratelimit":
             return web.json_response({"error": {"message": "slow down", "type": "rate_limit_error", "code": "rate_limited"}},
