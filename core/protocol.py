@@ -158,6 +158,10 @@ class OctogateExtension(OpenAIBaseModel):
 
 
 # ---------------------------------------------------------------- the request
+# Integers are 64-bit, as OpenAI's own schema says; past that, the JSON parser gives a float (a 400 anyway).
+INT64_MAX = 2**63 - 1
+
+
 def _cross_field_schema(schema: dict[str, Any]) -> None:
     """What ``ChatCompletionRequest._cross_field`` checks, said in the JSON schema (/openapi.json)."""
     for option in schema["properties"]["stop"].get("anyOf", []):
@@ -181,15 +185,15 @@ class ChatCompletionRequest(OpenAIBaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1, le=128)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT64_MAX)
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-INT64_MAX - 1, le=INT64_MAX)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None

@@ -73,6 +73,11 @@ def _openapi(api: FastAPI, models: list[str], api_keys: bool) -> dict[str, Any]:
         components[name] = sub
     components["ErrorResponse"] = error
     components["ErrorBody"]["required"] = ["message", "type", "param", "code"]  # always all four, null or not
+    # FastAPI's OpenAPI models hold numbers as floats (2**63 - 1 would read 9.223372036854776e+18, past int64):
+    # the request's schemas are pydantic's own, exact.
+    exact = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(exact.pop("$defs", {}))
+    components["ChatCompletionRequest"] = exact
     request = components["ChatCompletionRequest"]["properties"]
     if models:
         request["model"]["examples"] = models
