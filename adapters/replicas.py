@@ -15,6 +15,7 @@ A backend with one address gets the same retries and cooldown, at no cost when n
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -135,75 +136,105 @@ class ReplicatedBackend(Backend):
                              code="upstream_cooling_down", retryable=True)
 
     # ------------------------------------------------------------------ retry policy
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        pause = _BACKOFF(state)
+    def _pause(self, exc: BaseException | None, attempt: int) -> float:
+        """The pause before try ``attempt + 1``: jittered exponential, or a lone replica's Retry-After."""
+        pause = _BACKOFF(_Attempt(attempt))
         after = _retry_after_seconds(getattr(exc, "retry_after", None))
         if after is not None and len(self.replicas) == 1:
             return max(pause, after)
         return pause
 
-    def _stop(self, state: RetryCallState) -> bool:
-        if stop_after_attempt(self.cfg.retries + 1)(state):
-            return True
-        exc = state.outcome.exception() if state.outcome else None
+    def _gives_up(self, exc: BaseException | None) -> bool:
+        """A rate limit that outlasts the backend's timeout is not waited out on the only replica."""
         after = _retry_after_seconds(getattr(exc, "retry_after", None))
-        # a rate limit that outlasts the backend's timeout is not waited out on the only replica
         return after is not None and len(self.replicas) == 1 and after > self.cfg.timeout
 
-    def _attempts(self) -> AsyncRetrying:
-        return AsyncRetrying(stop=self._stop, wait=self._wait, retry=retry_if_exception(retryable), reraise=True)
+    def _retries(self, first: UpstreamError) -> AsyncRetrying:
+        """tenacity's loop over the retries left after a first try failed with ``first``: tries 2, 3 ...
+        The first try runs outside it, so a call that succeeds at once pays nothing for the policy."""
+        def stop(state: RetryCallState) -> bool:
+            return (stop_after_attempt(self.cfg.retries)(state)
+                    or self._gives_up(state.outcome.exception() if state.outcome else None))
+
+        def wait(state: RetryCallState) -> float:
+            return self._pause(state.outcome.exception() if state.outcome else None, state.attempt_number + 1)
+
+        return AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception(retryable), reraise=True)
+
+    def _worth_retrying(self, exc: UpstreamError) -> bool:
+        return exc.retryable and self.cfg.retries > 0 and not self._gives_up(exc)
+
+    # ------------------------------------------------------------------ one try
+    async def _complete_once(self, tried: set[Replica], payload: dict[str, Any],
+                             trace_headers: dict[str, str] | None) -> bytes:
+        replica = self._pick(tried)
+        tried.add(replica)
+        self._enter(replica)
+        try:
+            body = await replica.backend.complete(payload, trace_headers)
+        except UpstreamError as exc:
+            self._failed(replica, exc)
+            raise
+        except BaseException:
+            replica.probing = False  # cancelled (client gone): no verdict on the replica
+            raise
+        finally:
+            self._leave(replica)
+        self._answered(replica)
+        return body
+
+    async def _open_stream_once(self, tried: set[Replica], payload: dict[str, Any],
+                                trace_headers: dict[str, str] | None) -> tuple[Replica, Any, bytes | None]:
+        """A stream's replica, its chunks and its first chunk (None: it ended at once); the replica
+        stays counted in flight until the caller is done with the chunks."""
+        replica = self._pick(tried)
+        tried.add(replica)
+        self._enter(replica)
+        chunks = replica.backend.stream(payload, trace_headers)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        except UpstreamError as exc:
+            self._leave(replica)
+            self._failed(replica, exc)
+            await chunks.aclose()
+            raise
+        except BaseException:
+            self._leave(replica)
+            replica.probing = False
+            await chunks.aclose()
+            raise
+        self._answered(replica)
+        return replica, chunks, first
 
     # ------------------------------------------------------------------ the Backend interface
     async def complete(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> bytes:
         tried: set[Replica] = set()
-        async for attempt in self._attempts():
+        try:
+            return await self._complete_once(tried, payload, trace_headers)
+        except UpstreamError as exc:
+            if not self._worth_retrying(exc):
+                raise
+            first = exc
+        await asyncio.sleep(self._pause(first, 1))
+        async for attempt in self._retries(first):
             with attempt:
-                replica = self._pick(tried)
-                tried.add(replica)
-                self._enter(replica)
-                try:
-                    body = await replica.backend.complete(payload, trace_headers)
-                except UpstreamError as exc:
-                    self._failed(replica, exc)
-                    raise
-                except BaseException:
-                    replica.probing = False  # cancelled (client gone): no verdict on the replica
-                    raise
-                finally:
-                    self._leave(replica)
-                self._answered(replica)
-                return body
+                return await self._complete_once(tried, payload, trace_headers)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def stream(self, payload: dict[str, Any],
                      trace_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         tried: set[Replica] = set()
-        replica: Replica | None = None
-        chunks: Any = None
-        first: bytes | None = None
-        async for attempt in self._attempts():
-            with attempt:
-                replica = self._pick(tried)
-                tried.add(replica)
-                self._enter(replica)
-                chunks = replica.backend.stream(payload, trace_headers)
-                try:
-                    first = await anext(chunks)
-                except StopAsyncIteration:
-                    first = None
-                except UpstreamError as exc:
-                    self._leave(replica)
-                    self._failed(replica, exc)
-                    await chunks.aclose()
-                    raise
-                except BaseException:
-                    self._leave(replica)
-                    replica.probing = False
-                    await chunks.aclose()
-                    raise
-                self._answered(replica)
-        assert replica is not None
+        try:
+            replica, chunks, first = await self._open_stream_once(tried, payload, trace_headers)
+        except UpstreamError as exc:
+            if not self._worth_retrying(exc):
+                raise
+            await asyncio.sleep(self._pause(exc, 1))
+            async for attempt in self._retries(exc):
+                with attempt:
+                    replica, chunks, first = await self._open_stream_once(tried, payload, trace_headers)
         try:
             if first is None:
                 return
@@ -234,6 +265,15 @@ class ReplicatedBackend(Backend):
     def replica_states(self, now: float | None = None) -> dict[str, str]:
         now = time.monotonic() if now is None else now
         return {r.address: r.state(now) for r in self.replicas}
+
+
+class _Attempt:
+    """What tenacity's wait strategies read of a retry's state: the number of the try that failed."""
+
+    __slots__ = ("attempt_number",)
+
+    def __init__(self, attempt_number: int):
+        self.attempt_number = attempt_number
 
 
 def replica_states(backend: Backend) -> dict[str, str] | None:
