@@ -582,13 +582,18 @@ class EventWriter:
         item["status"] = status
         return out + self.event("response.output_item.done", output_index=index, item=_copy(item))
 
-    def finish(self) -> bytes:
-        """The closing events of a stream that ended normally."""
+    def close(self) -> bytes:
+        """The closing events of the open output item, once the chat stream has ended; the response
+        is then final (``self.response``: status, output, usage), to be stored before ``completed``."""
         out = self._close()
+        _finish(self.response, self.finish_reason)
+        return out
+
+    def completed(self) -> bytes:
+        """``response.completed`` (``response.incomplete`` when cut off), after ``close``."""
         response = self.response
-        _finish(response, self.finish_reason)
         kind = "response.incomplete" if response.status == "incomplete" else "response.completed"
-        return out + self.event(kind, response=response.model_dump())
+        return self.event(kind, response=response.model_dump())
 
     def fail(self, error: OpenAIError) -> bytes:
         """The closing events of a stream whose backend failed after it began."""

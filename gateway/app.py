@@ -25,6 +25,7 @@ from octogate.gateway.tracing import Tracing
 from octogate.router_model.toolsets import ToolsetError, ToolsetRegistry
 
 CHAT_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"  # POST: gateway/serving_responses.py; GET/DELETE /v1/responses/{id}: FastAPI
 log = logging.getLogger("octogate")
 
 
@@ -34,10 +35,12 @@ def _route(path: str) -> str:
         return "/v1/models/{model_id}"
     if path.startswith("/v1/conversations/"):
         return "/v1/conversations/{conversation_id}"
+    if path.startswith("/v1/responses/"):
+        return "/v1/responses/{response_id}/input_items" if path.endswith("/input_items") else "/v1/responses/{response_id}"
     return path if path in _KNOWN_ROUTES else "(unknown)"
 
 
-_KNOWN_ROUTES = frozenset({CHAT_PATH, "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload"})
+_KNOWN_ROUTES = frozenset({CHAT_PATH, RESPONSES_PATH, "/v1/models", "/healthz", "/readyz", "/metrics", "/admin/reload"})
 
 
 class Gateway:
@@ -84,6 +87,12 @@ class Gateway:
                 await live.chat(scope, receive, send)
             else:
                 await send_error(send, OpenAIError(405, f"Method {scope['method']} is not allowed for {CHAT_PATH}.",
+                                                   code="method_not_allowed", headers={"Allow": "POST"}))
+        elif scope["type"] == "http" and scope["path"] == RESPONSES_PATH:
+            if scope["method"] == "POST":
+                await live.responses(scope, receive, send)
+            else:
+                await send_error(send, OpenAIError(405, f"Method {scope['method']} is not allowed for {RESPONSES_PATH}.",
                                                    code="method_not_allowed", headers={"Allow": "POST"}))
         else:
             await live.api(scope, receive, send)

@@ -4,10 +4,10 @@ serves every route but the chat endpoint. A config reload builds a new one besid
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import PlainTextResponse, Response
 
@@ -21,9 +21,11 @@ from octogate.gateway.history import _CONVERSATION_ID
 from octogate.gateway.metrics import Metrics
 from octogate.gateway.nodes import NodeTable
 from octogate.gateway.rate_limits import RateLimiter
+from octogate.gateway.response_store import Responses
 from octogate.gateway.routing import Router
 from octogate.gateway.serving_chat import ChatService
 from octogate.gateway.serving_models import ModelsService
+from octogate.gateway.serving_responses import ResponsesService
 from octogate.gateway.tracing import Tracing
 
 CHAT_PATH = "/v1/chat/completions"  # served by ChatService ahead of the FastAPI app (gateway/app.py)
@@ -124,6 +126,7 @@ class LiveGraph:
         self.router = router = Router(graph, nodes, metrics, tracing) if graph.router else None
         self.chat = ChatService(nodes, keys, metrics, conversations, tracing, graph.server.max_body_bytes, router,
                                 limits)
+        self.responses = ResponsesService(self.chat, stored := Responses(graph.responses))  # POST /v1/responses
         models = ModelsService(nodes, router.name if router else None)
 
         api = FastAPI(title="octogate", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
@@ -158,6 +161,26 @@ class LiveGraph:
             authorization = request.headers.get("authorization")
             keys.check(authorization)
             return _json(200, await conversations.delete(conversation_id, authorization))
+
+        @api.get("/v1/responses/{response_id}")
+        async def get_response(response_id: str, request: Request) -> Response:
+            authorization = request.headers.get("authorization")
+            keys.check(authorization)
+            return _json(200, (await stored.load(response_id, authorization))["response"])
+
+        @api.delete("/v1/responses/{response_id}")
+        async def delete_response(response_id: str, request: Request) -> Response:
+            authorization = request.headers.get("authorization")
+            keys.check(authorization)
+            return _json(200, await stored.delete(response_id, authorization))
+
+        @api.get("/v1/responses/{response_id}/input_items")
+        async def list_input_items(response_id: str, request: Request, after: str | None = None,
+                                   limit: int = Query(default=20, ge=1, le=100),
+                                   order: Literal["asc", "desc"] = "desc") -> Response:
+            authorization = request.headers.get("authorization")
+            keys.check(authorization)
+            return _json(200, await stored.input_items(response_id, authorization, after, limit, order))
 
         @api.get("/healthz")
         async def healthz() -> Response:
@@ -208,6 +231,7 @@ class LiveGraph:
         await self.limits.start()
         await self.nodes.start()
         await self.conversations.start()
+        await self.responses.start()
         if self.router is not None:
             await self.router.start()
 
@@ -215,5 +239,6 @@ class LiveGraph:
         if self.router is not None:
             await self.router.aclose()
         await self.conversations.aclose()
+        await self.responses.aclose()
         await self.nodes.aclose()
         await self.limits.aclose()
