@@ -24,6 +24,7 @@ from octogate.core.graph import (
     resolve_secret,
 )
 from octogate.gateway.serving_agents import AgentTable
+from octogate.router_model.protocol import functional_token
 from octogate.router_model.toolsets import ToolsetRegistry
 
 _TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -43,7 +44,7 @@ class Node:
 
     @property
     def functional_token(self) -> str | None:
-        return None if self.token is None else f"<nexa_{self.token}>"
+        return None if self.token is None else functional_token(self.token)
 
     def build_payload(self, request: dict[str, Any]) -> dict[str, Any]:
         """The client's request as this node's backend should receive it.
