@@ -18,21 +18,16 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, WithJsonSchema
 
 from octogate.core.errors import OpenAIError, from_validation_error
-from octogate.core.protocol import OpenAIBaseModel
+from octogate.core.protocol import INT64_MAX, OpenAIBaseModel
 
-# What ``include`` may name (OpenAI's list). Only the logprobs one changes what octogate returns; the
-# others name outputs of OpenAI's hosted tools and reasoning, which octogate never produces.
-INCLUDABLE = frozenset({
-    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
-    "message.input_image.image_url", "computer_call_output.output.image_url", "code_interpreter_call.outputs",
-    "reasoning.encrypted_content", "message.output_text.logprobs",
-})
+# ``include`` values (OpenAI's list, ``Includable`` below): only the logprobs one changes what octogate
+# returns; the others name outputs of OpenAI's hosted tools and reasoning, which octogate never produces.
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _ITEM_TYPES = "message, function_call, function_call_output"
 
@@ -141,6 +136,12 @@ class NamedFunctionChoice(OpenAIBaseModel):
 
 
 class TextFormat(OpenAIBaseModel):
+    model_config = ConfigDict(json_schema_extra={  # what parse_request checks, for the JSON schema's readers
+        "if": {"properties": {"type": {"const": "json_schema"}}},
+        "then": {"required": ["name", "schema"], "properties": {"name": {"type": "string", "minLength": 1},
+                                                                "schema": {"type": "object"}}},
+    })
+
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(default=None, min_length=1, max_length=64)
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
@@ -154,18 +155,55 @@ class TextConfig(OpenAIBaseModel):
 
 
 # ---------------------------------------------------------------- the request
+def _schema_of(kind: Any, **extra: Any) -> WithJsonSchema:
+    """What /openapi.json says a field holds: the typed form ``parse_request`` checks it against,
+    written out whole (no references, so it stands wherever the field's schema is put)."""
+    schema = TypeAdapter(kind).json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return WithJsonSchema({**inline(schema), **extra})
+
+
+def _request_schema(schema: dict[str, Any]) -> None:
+    """The cross-field rules of ``parse_request``, said in the JSON schema (/openapi.json)."""
+    schema["allOf"] = [
+        {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+         "then": {"required": ["include"], "properties": {"include": {"type": "array",
+                                                                     "contains": {"const": LOGPROBS_INCLUDE}}}}},
+    ]
+
+
+Includable = Literal[
+    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+    "message.input_image.image_url", "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+    "reasoning.encrypted_content", "message.output_text.logprobs",
+]
+
+
 class ResponsesRequest(OpenAIBaseModel):
     """``POST /v1/responses``. Items, tools and ``tool_choice`` are checked one by one afterwards
     (``parse_request``), so that a 400 names the exact field."""
 
+    model_config = ConfigDict(json_schema_extra=_request_schema)
+
     model: str = Field(min_length=1)
-    input: str | list[Any]
+    input: str | Annotated[list[Any], Field(min_length=1), _schema_of(list[InputItem], minItems=1)]
     instructions: str | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: Annotated[list[Any] | None, _schema_of(list[FunctionTool] | None)] = None
+    tool_choice: Annotated[Any, _schema_of(Literal["none", "auto", "required"] | NamedFunctionChoice | None)] = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=INT64_MAX)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -174,8 +212,9 @@ class ResponsesRequest(OpenAIBaseModel):
     store: bool | None = True
     previous_response_id: str | None = Field(default=None, min_length=1)
     stream: bool | None = False
-    include: list[str] | None = None
-    background: bool | None = None
+    include: list[Includable] | None = None
+    background: Annotated[bool | None, WithJsonSchema({"anyOf": [{"type": "boolean", "const": False},
+                                                                 {"type": "null"}]})] = None
 
     # filled by parse_request
     _items: list[InputItem] = PrivateAttr(default_factory=list)
@@ -203,8 +242,6 @@ def parse_request(data: dict[str, Any]) -> ResponsesRequest:
     if isinstance(request.input, str):
         request._items = [InputMessage(role="user", content=request.input)]
     else:
-        if not request.input:
-            raise _bad("input", "Invalid value for 'input': the list of input items is empty.")
         request._items = [_item(raw, f"input[{i}]") for i, raw in enumerate(request.input)]
     for i, raw in enumerate(request.tools or ()):
         where = f"tools[{i}]"
@@ -223,9 +260,6 @@ def parse_request(data: dict[str, Any]) -> ResponsesRequest:
         except ValidationError:
             raise _bad("tool_choice", "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or "
                        "{'type': 'function', 'name': ...}; other tool choices are not supported here.") from None
-        if choice["name"] not in {t.name for t in request.function_tools}:
-            raise _bad("tool_choice.name", f"Invalid value for 'tool_choice.name': no function tool is named "
-                       f"{choice['name']!r}.")
     elif choice is not None and choice not in ("none", "auto", "required"):
         raise _bad("tool_choice", "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or "
                    "{'type': 'function', 'name': ...}.")
@@ -236,10 +270,6 @@ def parse_request(data: dict[str, Any]) -> ResponsesRequest:
         if fmt.schema_ is None:
             raise _bad("text.format.schema", "Missing required parameter: 'text.format.schema'.",
                        "missing_required_parameter")
-    for i, name in enumerate(request.include or ()):
-        if name not in INCLUDABLE:
-            raise _bad(f"include[{i}]", f"Invalid value for 'include[{i}]': {name!r} is not one of "
-                       f"{', '.join(sorted(INCLUDABLE))}.")
     if request.background:
         raise _bad("background", "Background responses are not supported by this gateway.", "unsupported_parameter")
     if data.get("conversation") is not None:

@@ -14,6 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from octogate.core.graph import GraphConfig
 from octogate.core.protocol import ChatCompletionRequest, ModelCard, ModelList
 from octogate.core.responses import ChatCompletion, ErrorResponse
+from octogate.core.responses_api import ResponseObject, ResponsesRequest
 from octogate.gateway.auth import KeyChecker
 from octogate.gateway.conversations import Conversations
 from octogate.gateway.error_handlers import install_error_handlers
@@ -29,6 +30,7 @@ from octogate.gateway.serving_responses import ResponsesService
 from octogate.gateway.tracing import Tracing
 
 CHAT_PATH = "/v1/chat/completions"  # served by ChatService ahead of the FastAPI app (gateway/app.py)
+RESPONSES_PATH = "/v1/responses"  # POST: served by ResponsesService ahead of the FastAPI app
 
 
 def _json(status: int, body: object) -> Response:
@@ -42,7 +44,7 @@ _SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
 
 
 def _chat_schema_route() -> APIRouter:
-    """``POST /v1/chat/completions`` as the OpenAPI document describes it. These routes are handed to
+    """``POST /v1/chat/completions`` and ``POST /v1/responses`` as the OpenAPI document describes them. These routes are handed to
     the schema generator only, never mounted: the Gateway serves the path before the FastAPI app."""
     router = APIRouter()
 
@@ -56,6 +58,15 @@ def _chat_schema_route() -> APIRouter:
         body: ChatCompletionRequest,
         x_conversation_id: str | None = Header(default=None, description="keep this conversation's turns (history)"),
     ) -> None:
+        raise AssertionError("never mounted")  # pragma: no cover
+
+    @router.post(
+        RESPONSES_PATH, summary="Create a response (OpenAI's Responses API)", operation_id="create_response",
+        responses={200: {"model": ResponseObject, "description": "The response; with `stream: true`, Server-Sent "
+                         "Events (`response.created` ... `response.completed`, see docs/responses.md)",
+                         "content": {"text/event-stream": {"schema": _SSE_EVENT}}}},
+    )
+    async def create_response(body: ResponsesRequest) -> None:
         raise AssertionError("never mounted")  # pragma: no cover
 
     return router
@@ -77,12 +88,14 @@ def _openapi(api: FastAPI, models: list[str], api_keys: bool) -> dict[str, Any]:
     components["ErrorBody"]["required"] = ["message", "type", "param", "code"]  # always all four, null or not
     # FastAPI's OpenAPI models hold numbers as floats (2**63 - 1 would read 9.223372036854776e+18, past int64):
     # the request's schemas are pydantic's own, exact.
-    exact = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    components.update(exact.pop("$defs", {}))
-    components["ChatCompletionRequest"] = exact
+    for model in (ChatCompletionRequest, ResponsesRequest):
+        exact = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(exact.pop("$defs", {}))
+        components[model.__name__] = exact
     request = components["ChatCompletionRequest"]["properties"]
     if models:
         request["model"]["examples"] = models
+        components["ResponsesRequest"]["properties"]["model"]["examples"] = models
     # A conversation id, wherever it comes from (header, path, metadata), is checked by history.check_conversation_id.
     conversation_id = {"type": "string", "pattern": f"^{_CONVERSATION_ID.pattern}$"}
     for option in request["metadata"].get("anyOf", []):

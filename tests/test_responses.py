@@ -313,8 +313,6 @@ def test_stream_refused_before_start_keeps_its_status(client):
     ({"model": "echo", "input": "x", "text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema", 400),
     ({"model": "echo", "input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type", 400),
     ({"model": "echo", "input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice", 400),
-    ({"model": "echo", "input": "x", "tools": [{"type": "function", "name": "f"}],
-      "tool_choice": {"type": "function", "name": "g"}}, "tool_choice.name", 400),
     ({"model": "echo", "input": "x", "include": ["everything"]}, "include[0]", 400),
     ({"model": "echo", "input": "x", "previous_response_id": "resp_nope"}, "previous_response_id", 404),
     ({"model": "nope", "input": "x"}, "model", 404),
@@ -418,3 +416,30 @@ def test_native_pass_through(client, rupstream):
         assert stream.get_final_response().output_text == "native answer"
     assert kinds == ["response.created", "response.completed"]
     assert rupstream.responses_bodies[-1]["stream"] is True
+
+
+# ---------------------------------------------------------------- routing
+def test_routed_by_the_router_model(rupstream, gateway_factory, prefix):
+    from tests.sglang_server import SGLangDouble
+
+    sglang = SGLangDouble().start()
+    try:
+        def node(name: str, token: int, **extra) -> dict:
+            return {"name": name, "token": token, "persona": f"You are the {name} persona.",
+                    "backend": {"model": "openai/echo", "api_base": rupstream.base_url, "timeout": 2}, **extra}
+
+        routed = gateway_factory({
+            "router": {"engine": "sglang", "base_url": sglang.base_url, "mode": "select+reformat", "timeout": 2,
+                       "fallback": "general"},
+            "responses": {"key_prefix": prefix},
+            "nodes": [node("physics", 0), node("math", 4, reformat=True), node("general", 16)]})
+        sglang.reset(text="<nexa_4>('Compute d/dx x^3 at x = 2')<nexa_end>")
+        raw = routed.client().responses.with_raw_response.create(model="octopus",
+                                                                 input="What is the derivative of x^3 at x = 2?")
+        assert raw.headers["x-octogate-node"] == "math" and raw.headers["x-octogate-token"] == "<nexa_4>"
+        assert raw.parse().output_text == "echo: Compute d/dx x^3 at x = 2"  # the node got the rewritten query
+        assert rupstream.chat_bodies[-1]["messages"][0]["content"] == "You are the math persona."
+        with routed.client().responses.stream(model="octopus", input="What is 2+2?") as stream:
+            assert stream.get_final_response().output_text.startswith("echo: ")
+    finally:
+        sglang.stop()
