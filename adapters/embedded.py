@@ -29,7 +29,7 @@ from octogate.adapters.translating import Answer, AnswerChoice, ChunkWriter, Ori
 from octogate.core.errors import UpstreamError
 from octogate.core.graph import BackendConfig
 from octogate.core.protocol import ChatCompletionRequest
-from octogate.core.responses import ResponseToolCall, Usage
+from octogate.core.responses import AnyToolCall, Usage
 from octogate.core.tool_plan import ToolChoosers, ToolPlan
 
 log = logging.getLogger("octogate.embedded")
@@ -66,7 +66,7 @@ class EmbeddedBackend(TranslatingBackend):
         return await self.model.thread.run(self.prepare, request, payload, trace_headers)
 
     def origin(self, job: Prepared) -> Origin:
-        return Origin(self.model_name)
+        return Origin(self.model_name, system_fingerprint=self.model.fingerprint)
 
     async def generate(self, prep: Prepared) -> Answer:
         called = await self._tool_calls(prep)
@@ -135,7 +135,7 @@ class EmbeddedBackend(TranslatingBackend):
             yield chunk
 
     # ------------------------------------------------------------------ tool calls
-    async def _tool_calls(self, prep: Prepared) -> tuple[list[ResponseToolCall], int] | None:
+    async def _tool_calls(self, prep: Prepared) -> tuple[list[AnyToolCall], int] | None:
         """The calls the model makes (tool calls, tokens generated), or None to answer in text."""
         plan = prep.plan
         if prep.toolset is not None:
@@ -144,18 +144,18 @@ class EmbeddedBackend(TranslatingBackend):
             return None
         llm = self.model.llm
 
-        def work(cancel: threading.Event) -> tuple[list[ResponseToolCall], int] | None:
+        def work(cancel: threading.Event) -> tuple[list[AnyToolCall], int] | None:
             if plan.mode == "auto":
                 preference = call_preference(llm, prep.tokens, prep.baseline) + LEXICAL_WEIGHT * prep.shared_words
                 log.debug("tool choice auto: call preference %.2f", preference)
                 if preference < CALL_THRESHOLD:
                     return None
             calls, generated = generate_calls(llm, prep.tokens, prep.call_params, plan, cancel, prep.query)
-            return tool_call_objects(calls), generated
+            return tool_call_objects(calls, plan), generated
 
         return await self.model.run(work)
 
-    async def _toolset_calls(self, prep: Prepared) -> tuple[list[ResponseToolCall], int] | None:
+    async def _toolset_calls(self, prep: Prepared) -> tuple[list[AnyToolCall], int] | None:
         """A registered toolset's path: one trained token picks the function, then its arguments are
         written with only that function in the prompt (``router_model/toolsets.py``)."""
         plan = prep.plan
@@ -167,7 +167,7 @@ class EmbeddedBackend(TranslatingBackend):
         chosen = ToolPlan([plan.by_name()[name]], "required", plan.parallel)
         llm = self.model.llm
 
-        def work(cancel: threading.Event) -> tuple[list[ResponseToolCall], int]:
+        def work(cancel: threading.Event) -> tuple[list[AnyToolCall], int]:
             tokens, _ = self.model.prompt_tokens(with_tools(prep.flat, chosen))
             prep.prompt_count += len(tokens) - len(prep.tokens)  # this prompt instead of the one without tools
             room = self.model.n_ctx - len(tokens)
@@ -175,6 +175,6 @@ class EmbeddedBackend(TranslatingBackend):
                 raise context_exceeded(self.model, tokens)
             params = {**prep.call_params, "max_tokens": min(prep.call_params["max_tokens"], room)}
             calls, generated = generate_calls(llm, tokens, params, chosen, cancel)
-            return tool_call_objects(calls), generated
+            return tool_call_objects(calls, chosen), generated
 
         return await self.model.run(work)

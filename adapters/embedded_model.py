@@ -41,6 +41,17 @@ class EmbeddedModel:
         self._load_lock = threading.Lock()
         self._good_grammars: set[str] = set()
 
+    @property
+    def fingerprint(self) -> str:
+        """``system_fingerprint`` as OpenAI writes it (``fp_`` and 10 hex digits): the configuration that
+        answers, here the GGUF file, its weights, the context size and llama.cpp's version."""
+        import hashlib
+
+        import llama_cpp
+
+        key = f"{self.path.name}|{self.weights}|{self.n_ctx}|{llama_cpp.__version__}"
+        return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
     def load(self) -> None:
         with self._load_lock:
             if self.llm is not None:

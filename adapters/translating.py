@@ -32,7 +32,7 @@ from octogate.core.responses import (
     Choice,
     ChunkChoice,
     ChunkDelta,
-    ResponseToolCall,
+    AnyToolCall,
     Usage,
     new_completion_id,
     render,
@@ -55,11 +55,11 @@ class AnswerChoice:
     """One choice: text, or tool calls."""
 
     content: str | None = None
-    tool_calls: list[ResponseToolCall] | None = None
+    tool_calls: list[AnyToolCall] | None = None
     finish_reason: str = "stop"
 
     @classmethod
-    def calls(cls, tool_calls: list[ResponseToolCall]) -> AnswerChoice:
+    def calls(cls, tool_calls: list[AnyToolCall]) -> AnswerChoice:
         return cls(tool_calls=tool_calls, finish_reason="tool_calls")
 
 

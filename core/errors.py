@@ -66,7 +66,8 @@ def format_param(loc: tuple[Any, ...]) -> str | None:
         if isinstance(part, int):
             out += f"[{part}]"
         elif i and ((part in _TYPE_TAGS or (isinstance(part, str) and ("[" in part or part.startswith("function-"))))
-                    or (part in _ROLE_TAGS and isinstance(loc[i - 1], int))):
+                    or (part in _ROLE_TAGS and isinstance(loc[i - 1], int))
+                    or (part in _FORMAT_TAGS and loc[i - 1] == "format")):
             continue
         else:
             out += f".{part}" if out else str(part)
@@ -74,9 +75,13 @@ def format_param(loc: tuple[Any, ...]) -> str | None:
 
 
 # Names pydantic inserts into error paths for union members and discriminated-union (role) tags.
-_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "NamedToolChoice", "TextPart", "ContentPart"})
-_ROLE_TAGS = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_UNION_TAGS = _TYPE_TAGS | _ROLE_TAGS
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "NamedToolChoice", "NamedCustomToolChoice",
+                        "AllowedToolsChoice", "TextPart", "ContentPart"})
+# Tags right after a list index: a message's role, a tool's or tool call's type (``tools[0]`` is tagged
+# ``function``, then comes its field ``function``: ``tools[0].function.name``), a custom format's type.
+_ROLE_TAGS = frozenset({"system", "developer", "user", "assistant", "tool", "function", "custom"})
+_FORMAT_TAGS = frozenset({"text", "grammar"})  # a custom tool's format: the tag right after ``format``
+_UNION_TAGS = _TYPE_TAGS | _ROLE_TAGS | _FORMAT_TAGS
 
 
 def from_validation_error(exc: ValidationError) -> OpenAIError:
@@ -94,13 +99,14 @@ def from_validation_error(exc: ValidationError) -> OpenAIError:
     msg = err["msg"].removeprefix("Value error, ")
     if kind == "missing":
         return OpenAIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    if kind == "union_tag_invalid":
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        field = "role" if "role" in str((err.get("ctx") or {}).get("discriminator", "")) else "type"
+        if kind == "union_tag_not_found":
+            return OpenAIError(400, f"Missing required parameter: '{param}.{field}'.", param=f"{param}.{field}",
+                               code="missing_required_parameter")
         expected = (err.get("ctx") or {}).get("expected_tags", "")
-        return OpenAIError(
-            400, f"Invalid value for '{param}.role': expected one of {expected}.", param=f"{param}.role", code="invalid_value"
-        )
-    if kind == "union_tag_not_found":
-        return OpenAIError(400, f"Missing required parameter: '{param}.role'.", param=f"{param}.role", code="missing_required_parameter")
+        return OpenAIError(400, f"Invalid value for '{param}.{field}': expected one of {expected}.",
+                           param=f"{param}.{field}", code="invalid_value")
     code = "invalid_type" if kind.endswith("_type") or kind.endswith("_parsing") else "invalid_value"
     return OpenAIError(400, f"Invalid value for '{param}': {msg}.", param=param, code=code)
 

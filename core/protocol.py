@@ -13,7 +13,16 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class OpenAIBaseModel(BaseModel):
@@ -47,6 +56,31 @@ class ToolCall(OpenAIBaseModel):
     function: FunctionCall
 
 
+class CustomCall(OpenAIBaseModel):
+    name: str
+    input: str
+
+
+class CustomToolCall(OpenAIBaseModel):
+    """An earlier call of a custom tool: ``{"id", "type": "custom", "custom": {"name", "input"}}``."""
+
+    id: str
+    type: Literal["custom"]
+    custom: CustomCall
+
+
+def _call_type(value: Any) -> str:
+    """A history tool call's kind: its ``type`` (a call without one is a function call, as before)."""
+    kind = value.get("type", "function") if isinstance(value, dict) else getattr(value, "type", "function")
+    return kind if isinstance(kind, str) else "function"
+
+
+AnyToolCall = Annotated[
+    Annotated[ToolCall, Tag("function")] | Annotated[CustomToolCall, Tag("custom")],
+    Discriminator(_call_type),
+]
+
+
 class SystemMessage(OpenAIBaseModel):
     role: Literal["system"]
     content: str | list[TextPart]
@@ -70,7 +104,7 @@ class AssistantMessage(OpenAIBaseModel):
     content: Content | None = None
     name: str | None = None
     refusal: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[AnyToolCall] | None = None
     function_call: FunctionCall | None = None
 
 
@@ -105,6 +139,37 @@ class Tool(OpenAIBaseModel):
     function: FunctionDefinition
 
 
+class TextFormat(OpenAIBaseModel):
+    type: Literal["text"]
+
+
+class Grammar(OpenAIBaseModel):
+    syntax: Literal["lark", "regex"]
+    definition: str
+
+
+class GrammarFormat(OpenAIBaseModel):
+    type: Literal["grammar"]
+    grammar: Grammar
+
+
+class CustomDefinition(OpenAIBaseModel):
+    """A custom tool: called with free-text ``input``, optionally under a grammar (``format``). Which
+    grammars a backend that makes its own calls can enforce is ``core/tool_plan.py``'s business."""
+
+    name: str
+    description: str | None = None
+    format: Annotated[TextFormat | GrammarFormat, Field(discriminator="type")] | None = None
+
+
+class CustomTool(OpenAIBaseModel):
+    type: Literal["custom"]
+    custom: CustomDefinition
+
+
+AnyTool = Annotated[Tool | CustomTool, Field(discriminator="type")]
+
+
 class NamedFunction(OpenAIBaseModel):
     name: str
 
@@ -112,6 +177,23 @@ class NamedFunction(OpenAIBaseModel):
 class NamedToolChoice(OpenAIBaseModel):
     type: Literal["function"]
     function: NamedFunction
+
+
+class NamedCustomToolChoice(OpenAIBaseModel):
+    type: Literal["custom"]
+    custom: NamedFunction
+
+
+class AllowedTools(OpenAIBaseModel):
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]]
+
+
+class AllowedToolsChoice(OpenAIBaseModel):
+    """``{"type": "allowed_tools", "allowed_tools": {"mode", "tools": [...]}}``: only the listed tools."""
+
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
 
 
 class JsonSchemaFormat(OpenAIBaseModel):
@@ -194,8 +276,9 @@ class ChatCompletionRequest(OpenAIBaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     seed: int | None = Field(default=None, ge=-INT64_MAX - 1, le=INT64_MAX)
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[AnyTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | NamedCustomToolChoice | AllowedToolsChoice \
+        | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     user: str | None = None

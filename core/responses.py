@@ -2,10 +2,20 @@
 tool calls, usage and the error envelope.
 
 Backends that make their own answers (the embedded model, octogate's tool calls for remote
-models) build these and render them with ``render``: ``model_dump`` then orjson, nothing excluded
-but a delta's unset fields (``{"content": "x"}`` is a whole delta, as OpenAI streams it) and a
-chunk's empty ``usage`` and ``system_fingerprint``. Answers passed through from an OpenAI-compatible upstream are never parsed
-into these models: their bytes go to the client as they came.
+models) build these and render them with ``render``: ``model_dump`` then orjson, in the shapes of
+OpenAI's published schemas (``CreateChatCompletionResponse``, ``CreateChatCompletionStreamResponse``,
+``ErrorResponse``; tests/conformance validates every answer against them): a message always has
+``content`` and ``refusal`` (``null`` when there is none) and ``annotations: []``, its ``tool_calls``
+only when there are calls; ``system_fingerprint`` is a string or absent, never ``null``; a delta
+holds only the fields that were given (``{"content": "x"}`` is a whole delta, as OpenAI streams it).
+Answers passed through from an OpenAI-compatible upstream are never parsed into these models:
+their bytes go to the client as they came.
+
+Tool calls are of two kinds, as in OpenAI's API: a function call (``function.name``,
+``function.arguments`` as a JSON string) and a custom tool's call (``custom.name``, ``custom.input``
+as free text). The spec's chunk schema only knows function calls; a streamed custom call is sent as
+``{"index", "id", "custom": {"name", "input"}}`` and then ``{"index", "custom": {"input": piece}}``
+deltas, with no ``type`` (whose only value there is ``function``).
 """
 
 from __future__ import annotations
@@ -45,6 +55,25 @@ class ResponseToolCall(ResponseModel):
         return cls(id=f"call_{secrets.token_hex(12)}", function=ResponseFunctionCall(name=name, arguments=arguments))
 
 
+class ResponseCustomCall(ResponseModel):
+    name: str
+    input: str
+
+
+class ResponseCustomToolCall(ResponseModel):
+    id: str
+    type: Literal["custom"] = "custom"
+    custom: ResponseCustomCall
+
+    @classmethod
+    def of(cls, name: str, input: str) -> ResponseCustomToolCall:
+        """A new custom tool call with a fresh id."""
+        return cls(id=f"call_{secrets.token_hex(12)}", custom=ResponseCustomCall(name=name, input=input))
+
+
+AnyToolCall = ResponseToolCall | ResponseCustomToolCall
+
+
 class Usage(ResponseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -63,8 +92,15 @@ class ChatMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
-    annotations: list[dict[str, Any]] | None = None
-    tool_calls: list[ResponseToolCall] | None = None
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+    tool_calls: list[AnyToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_when_any(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("tool_calls") is None:  # the spec's tool_calls is an array: absent, not null
+            data.pop("tool_calls", None)
+        return data
 
 
 class Choice(ResponseModel):
@@ -83,6 +119,13 @@ class ChatCompletion(ResponseModel):
     choices: list[Choice]
     usage: Usage | None = None
 
+    @model_serializer(mode="wrap")
+    def _no_null_fingerprint(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("system_fingerprint") is None:  # a string in the spec, never null
+            data.pop("system_fingerprint", None)
+        return data
+
 
 # ---------------------------------------------------------------- a stream
 class _OnlySet(ResponseModel):
@@ -99,6 +142,7 @@ class ToolCallDelta(_OnlySet):
     id: str | None = None
     type: Literal["function"] | None = None
     function: dict[str, str] | None = None
+    custom: dict[str, str] | None = None  # a custom tool's call: {"name", "input"} then {"input": piece}
 
 
 class ChunkDelta(_OnlySet):

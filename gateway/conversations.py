@@ -240,10 +240,19 @@ class AnswerAssembler:
             if delta.get("content"):
                 self.content.append(delta["content"])
             for call in delta.get("tool_calls") or []:
-                slot = self.tool_calls.setdefault(call.get("index", 0),
-                                                  {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                index = call.get("index", 0)
+                if index not in self.tool_calls:  # a custom tool's call streams ``custom`` pieces, a function's ``function``
+                    self.tool_calls[index] = ({"id": None, "type": "custom", "custom": {"name": "", "input": ""}}
+                                              if "custom" in call or call.get("type") == "custom" else
+                                              {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                slot = self.tool_calls[index]
                 if call.get("id"):
                     slot["id"] = call["id"]
+                if slot["type"] == "custom":
+                    piece = call.get("custom") or {}
+                    slot["custom"]["name"] += piece.get("name") or ""
+                    slot["custom"]["input"] += piece.get("input") or ""
+                    continue
                 fn = call.get("function") or {}
                 slot["function"]["name"] += fn.get("name") or ""
                 slot["function"]["arguments"] += fn.get("arguments") or ""

@@ -374,7 +374,8 @@ def test_a_reply_that_fails_validation_is_retried_once_then_a_clean_error(client
      "tools[1].function.parameters.properties.e.enum[1]"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
         "a": {"not": {"type": "string"}}}}}}]}, "tools[0].function.parameters.properties.a.not"),
-    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "missing"}}}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "missing"}}},
+     "tool_choice.function.name"),
     ({"tools": TOOLS, "n": 2}, "n"),
 ])
 def test_bad_tools_are_400s_naming_the_param(client, structured_upstream, extra, param):
@@ -465,3 +466,41 @@ def test_real_model_streamed_named_call_validates(real_remote):
     assert call.function.name == "add"
     args = _valid_args(call)
     assert isinstance(args["a"], int) and isinstance(args["b"], int)
+
+
+CUSTOM_TOOLS = [{"type": "custom", "custom": {"name": "zip_lookup", "description": "Look up a zip code", "format": {
+    "type": "grammar", "grammar": {"syntax": "regex", "definition": r"\d{5}"}}}}, WEATHER]
+
+
+def test_a_custom_tool_is_asked_for_under_its_regex_and_returned_in_openais_shape(client, structured_upstream):
+    structured_upstream.script('{"name": "zip_lookup", "input": "90210"}')
+    r = client.chat.completions.create(
+        model="remote", messages=[{"role": "user", "content": "zip 90210?"}], tools=CUSTOM_TOOLS,
+        tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+            {"type": "custom", "custom": {"name": "zip_lookup"}}]}})
+    [call] = r.choices[0].message.tool_calls
+    assert call.type == "custom" and (call.custom.name, call.custom.input) == ("zip_lookup", "90210")
+    [sent] = structured_upstream.requests
+    _no_tool_fields(sent)
+    alternatives = [a for a in _alternatives(_schema(sent)) if a.get("type") == "object"]
+    # allowed_tools: only the listed tool; its input a string under the regex
+    assert [a["properties"]["name"]["const"] for a in alternatives] == ["zip_lookup"]
+    assert alternatives[0]["properties"]["input"] == {"type": "string", "pattern": r"^(\d{5})$"}
+
+
+def test_a_custom_call_off_its_regex_is_retried_and_history_is_rendered(client, structured_upstream):
+    structured_upstream.script('{"name": "zip_lookup", "input": "9021"}', '{"name": "zip_lookup", "input": "90210"}')
+    r = client.chat.completions.create(
+        model="remote", tools=CUSTOM_TOOLS, tool_choice={"type": "custom", "custom": {"name": "zip_lookup"}},
+        stream=True, messages=[
+            {"role": "user", "content": "zip?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "custom", "custom": {"name": "zip_lookup", "input": "10001"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "New York"},
+            {"role": "user", "content": "and 90210?"}])
+    pieces = [d for c in r for d in (c.choices[0].delta.tool_calls or []) if c.choices]
+    assert pieces[0].id and "".join((p.model_extra or {}).get("custom", {}).get("input", "") for p in pieces) == "90210"
+    first = structured_upstream.requests[0]
+    rendered = [m["content"] for m in first["messages"] if m["role"] in ("assistant", "user")]
+    assert '{"name": "zip_lookup", "input": "10001"}' in rendered and any("Result of zip_lookup: New York" in t
+                                                                            for t in rendered)

@@ -90,8 +90,17 @@ def test_bad_schemas_name_the_exact_param(schema, param):
     ({"tools": [WEATHER, WEATHER]}, "tools[1].function.name"),
     ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools[0].function.name"),
     ({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}, "tools[0].type"),
-    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
     ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [{"type": "custom", "custom": {"name": "c", "format": {"type": "grammar", "grammar": {
+        "syntax": "lark", "definition": "start: /a/"}}}}]}, "tools[0].custom.format.grammar.syntax"),
+    ({"tools": [{"type": "custom", "custom": {"name": "c", "format": {"type": "grammar", "grammar": {
+        "syntax": "regex", "definition": "(?<=a)b"}}}}]}, "tools[0].custom.format.grammar.definition"),
+    ({"tools": [{"type": "custom", "custom": {"name": "has space"}}]}, "tools[0].custom.name"),
+    ({"tools": [WEATHER, {"type": "custom", "custom": {"name": "get_weather"}}]}, "tools[1].custom.name"),
+    ({"tools": TOOLS, "tool_choice": {"type": "custom", "custom": {"name": "add"}}}, "tool_choice.custom.name"),
+    ({"tools": TOOLS, "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [
+        {"type": "function", "function": {"name": "nope"}}]}}}, "tool_choice.allowed_tools.tools[0]"),
     ({"tools": TOOLS, "n": 2}, "n"),
 ])
 def test_bad_tool_requests_name_the_param(payload, param):
@@ -300,7 +309,8 @@ def test_bfcl_dialect_schemas_are_accepted(client):
     ({"tools": [WEATHER, {"type": "function", "function": {"name": "g", "parameters": {
         "type": "object", "properties": {"e": {"type": "integer", "enum": [1, "two"]}}}}}]},
      "tools[1].function.parameters.properties.e.enum[1]"),
-    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "missing"}}}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "missing"}}},
+     "tool_choice.function.name"),
     ({"tools": [WEATHER, WEATHER]}, "tools[1].function.name"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "object", "properties": {"k": {"type": "array", "items": {"type": "nope"}}}}}}},

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 from octogate.core.json_schema import ANNOTATIONS, anchored, schema_converter
+from octogate.core.regex_grammar import json_string_rule
 from octogate.core.tool_plan import MAX_PARALLEL, ToolPlan
 
 _STRING_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
@@ -125,22 +126,26 @@ def value_grammar(schema_json: str | None) -> Any:
 
 def call_grammar(plan: ToolPlan, first: str | None = None) -> Any:
     """The plan's call grammar; with ``first``, the (first) call must be of that function."""
-    key = json.dumps([[f.name, f.schema] for f in plan.functions], sort_keys=True)
+    key = json.dumps([[f.name, f.schema, f.value_key, f.regex] for f in plan.functions], sort_keys=True)
     return _call_grammar(key, plan.parallel, first)
 
 
-def call_grammar_text(functions: list[tuple[str, dict[str, Any]]], parallel: bool, first: str | None = None) -> str:
+def call_grammar_text(functions: list[tuple[Any, ...]], parallel: bool, first: str | None = None) -> str:
+    """``functions``: (name, schema[, value key[, regex]]): a function's ``arguments`` under its
+    parameters, a custom tool's ``input`` (a JSON string; with a regex grammar, its text matches the
+    regex in full: ``core/regex_grammar.py``)."""
     b = GrammarBuilder()
     alternatives = []
-    for i, (name, schema) in enumerate(functions):
-        args = b.add_schema(schema, f"fn{i}-args")
+    for i, (name, schema, *key) in enumerate(functions):
+        regex = key[1] if len(key) > 1 else None
+        args = b.add_rule(f"fn{i}-args", json_string_rule(regex)) if regex else b.add_schema(schema, f"fn{i}-args")
         alternatives.append(b.add_rule(
             f"fn{i}-call",
             f'"{{" space {literal(json.dumps("name"))} space ":" space {literal(json.dumps(name))} space '
-            f'"," space {literal(json.dumps("arguments"))} space ":" space {args} "}}" space',
+            f'"," space {literal(json.dumps(key[0] if key else "arguments"))} space ":" space {args} "}}" space',
         ))
     b.add_rule("call", " | ".join(alternatives))
-    opening = "call" if first is None else alternatives[[name for name, _ in functions].index(first)]
+    opening = "call" if first is None else alternatives[[f[0] for f in functions].index(first)]
     if parallel:
         b.add_rule("root", f'{opening} | "[" space {opening} ("," space call){{0,{MAX_PARALLEL - 1}}} "]" space')
     else:
@@ -152,5 +157,5 @@ def call_grammar_text(functions: list[tuple[str, dict[str, Any]]], parallel: boo
 def _call_grammar(key: str, parallel: bool, first: str | None) -> Any:
     from llama_cpp import LlamaGrammar
 
-    functions = [(name, schema) for name, schema in json.loads(key)]
+    functions = [tuple(f) for f in json.loads(key)]
     return LlamaGrammar.from_string(call_grammar_text(functions, parallel, first), verbose=False)

@@ -4,10 +4,11 @@ loosely (the unconstrained baseline), and written as OpenAI ``tool_calls`` objec
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from octogate.core.json_schema import validation_error
-from octogate.core.responses import ChunkDelta, ResponseToolCall, ToolCallDelta
+from octogate.core.responses import AnyToolCall, ChunkDelta, ResponseCustomToolCall, ResponseToolCall, ToolCallDelta
 from octogate.core.tool_plan import ToolPlan
 
 
@@ -27,13 +28,19 @@ def parse_calls(text: str, plan: ToolPlan) -> list[tuple[str, Any]]:
     functions = plan.by_name()
     calls = []
     for item in items:
-        if (not isinstance(item, dict) or item.get("name") not in functions
-                or not isinstance(item.get("arguments"), dict)):
-            raise InvalidCall(f"not a call of an offered function: {json.dumps(item)[:200]}")
-        problem = validation_error(functions[item["name"]].schema, item["arguments"])
+        function = functions.get(item.get("name")) if isinstance(item, dict) else None
+        key = function.value_key if function is not None else "arguments"
+        value = item.get(key) if isinstance(item, dict) else None
+        if function is None or not isinstance(value, str if function.kind == "custom" else dict):
+            raise InvalidCall(f"not a call of an offered tool: {json.dumps(item)[:200]}")
+        problem = validation_error(function.schema, value)
+        if not problem and function.regex is not None and re.fullmatch(function.regex, value) is None:
+            problem = f"the input {json.dumps(value)[:100]} does not match the regex in full"
         if problem:
-            raise InvalidCall(f"arguments of {item['name']} do not match its schema at {problem}")
-        calls.append((item["name"], item["arguments"]))
+            what = "input" if function.kind == "custom" else "arguments"
+            raise InvalidCall(f"{what} of {item['name']} do not match its {'grammar' if what == 'input' else 'schema'} "
+                              f"at {problem}")
+        calls.append((item["name"], value))
     return calls
 
 
@@ -59,15 +66,28 @@ def loose_calls(text: str, plan: ToolPlan) -> list[ResponseToolCall]:
     return calls
 
 
-def tool_call_objects(calls: list[tuple[str, Any]]) -> list[ResponseToolCall]:
-    return [ResponseToolCall.of(name, json.dumps(args, ensure_ascii=False, separators=(",", ":")))
-            for name, args in calls]
+def tool_call_objects(calls: list[tuple[str, Any]], plan: ToolPlan | None = None) -> list[AnyToolCall]:
+    """OpenAI's call objects: a custom tool's call (``custom.input``, the text) for the plan's custom
+    tools, a function call (``function.arguments``, compact JSON) otherwise."""
+    custom = {f.name for f in plan.functions if f.kind == "custom"} if plan is not None else set()
+    return [ResponseCustomToolCall.of(name, value) if name in custom
+            else ResponseToolCall.of(name, json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+            for name, value in calls]
 
 
-def stream_deltas(tool_calls: list[ResponseToolCall], piece: int = 12) -> list[ChunkDelta]:
-    """The ``delta`` objects OpenAI streams for these calls: name first, then argument fragments."""
+def stream_deltas(tool_calls: list[AnyToolCall], piece: int = 12) -> list[ChunkDelta]:
+    """The ``delta`` objects OpenAI streams for these calls: name first, then argument fragments (a
+    custom call's ``custom.input`` fragments, without ``type``: see ``core/responses.py``)."""
     deltas = []
     for index, call in enumerate(tool_calls):
+        if isinstance(call, ResponseCustomToolCall):
+            deltas.append(ChunkDelta(tool_calls=[ToolCallDelta(index=index, id=call.id,
+                                                               custom={"name": call.custom.name, "input": ""})]))
+            text = call.custom.input
+            for start in range(0, len(text), piece):
+                deltas.append(ChunkDelta(tool_calls=[ToolCallDelta(index=index,
+                                                                   custom={"input": text[start:start + piece]})]))
+            continue
         fn = call.function
         deltas.append(ChunkDelta(tool_calls=[ToolCallDelta(index=index, id=call.id, type="function",
                                                            function={"name": fn.name, "arguments": ""})]))

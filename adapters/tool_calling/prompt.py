@@ -25,18 +25,26 @@ def text_of(content: Any, where: str) -> str:
     return content_text(content, on_other=refuse)
 
 
-def call_text(calls: list[tuple[str, Any]]) -> str:
-    """Calls written the way the grammar makes the model write them."""
-    objs = [{"name": name, "arguments": args} for name, args in calls]
+def call_text(calls: list[tuple[Any, ...]]) -> str:
+    """Calls written the way the grammar makes the model write them: (name, arguments) for a
+    function, (name, input, "input") for a custom tool."""
+    objs = [{"name": name, (key[0] if key else "arguments"): value} for name, value, *key in calls]
     return json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False)
 
 
 def written_calls(message: dict[str, Any], text: str, names: dict[str, str] | None = None) -> str:
     """An assistant message's text with its ``tool_calls`` (or legacy ``function_call``) written after
-    it as the call JSON the model is asked to write. ``names`` collects each call id's function name."""
+    it as the call JSON the model is asked to write (a custom tool's call as ``{"name", "input"}``).
+    ``names`` collects each call id's tool name."""
     raw = message.get("tool_calls") or ([{"function": message["function_call"]}] if message.get("function_call") else [])
-    calls = []
+    calls: list[tuple[Any, ...]] = []
     for call in raw:
+        if call.get("type") == "custom":
+            custom = call.get("custom") or {}
+            if names is not None and call.get("id"):
+                names[call["id"]] = custom.get("name", "")
+            calls.append((custom.get("name", ""), custom.get("input", ""), "input"))
+            continue
         fn = call.get("function") or {}
         if names is not None and call.get("id"):
             names[call["id"]] = fn.get("name", "")
@@ -67,11 +75,21 @@ def flatten_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def tools_system_text(plan: ToolPlan) -> str:
+    """The offered tools, one compact JSON line each (a custom tool with its ``input``: free text, or
+    the regex it must match), and how to call them."""
     lines = ["You can call these functions:"]
     for f in plan.functions:
-        lines.append(json.dumps({"name": f.name, "description": f.description, "parameters": f.schema},
-                                ensure_ascii=False, separators=(",", ":")))
-    lines.append('To call a function, reply with only JSON: {"name": "<function name>", "arguments": {<arguments>}}.')
+        if f.kind == "custom":
+            listed = {"name": f.name, "description": f.description,
+                      "input": f"text matching {f.schema['pattern']}" if "pattern" in f.schema else "free text"}
+        else:
+            listed = {"name": f.name, "description": f.description, "parameters": f.schema}
+        lines.append(json.dumps(listed, ensure_ascii=False, separators=(",", ":")))
+    if any(f.kind == "function" for f in plan.functions):
+        lines.append('To call a function, reply with only JSON: {"name": "<function name>", "arguments": {<arguments>}}.')
+    if any(f.kind == "custom" for f in plan.functions):
+        lines.append('To call a function that takes text input, reply with only JSON: {"name": "<function name>", '
+                     '"input": "<the text>"}.')
     if plan.mode == "auto":
         lines.append("If no function is needed, answer in plain text.")
     return "\n".join(lines)

@@ -70,7 +70,7 @@ from octogate.core.errors import UpstreamError, max_tokens_reached
 from octogate.core.json_schema import normalise, validation_error
 from octogate.core.messages import content_text
 from octogate.core.protocol import ChatCompletionRequest
-from octogate.core.responses import ResponseToolCall, Usage
+from octogate.core.responses import AnyToolCall, Usage
 from octogate.core.tool_plan import MAX_PARALLEL, ToolPlan, plan_tools
 
 ATTEMPTS = 2
@@ -172,7 +172,9 @@ class StructuredToolCalls(TranslatingBackend):
 
     def origin(self, job: _Job) -> Origin:
         source = job.source or {}
-        origin = Origin(model=source.get("model"), system_fingerprint=source.get("system_fingerprint") or None)
+        fingerprint = source.get("system_fingerprint")
+        origin = Origin(model=source.get("model") or job.request.model,
+                        system_fingerprint=fingerprint if isinstance(fingerprint, str) and fingerprint else None)
         origin.id = source.get("id") or origin.id
         origin.created = source.get("created") or origin.created
         return origin
@@ -248,8 +250,8 @@ def _answer_schema(request: ChatCompletionRequest) -> dict[str, Any]:
 def reply_schema(plan: ToolPlan, answer_schema: dict[str, Any] | None) -> dict[str, Any]:
     """The JSON the upstream must reply with: one call (the name's ``const`` tied to its own parameters),
     an array of calls when parallel calls are allowed, or (``auto``) ``{"content": answer}``."""
-    calls = [{"type": "object", "properties": {"name": {"type": "string", "const": f.name}, "arguments": f.schema},
-              "required": ["name", "arguments"], "additionalProperties": False} for f in plan.functions]
+    calls = [{"type": "object", "properties": {"name": {"type": "string", "const": f.name}, f.value_key: f.schema},
+              "required": ["name", f.value_key], "additionalProperties": False} for f in plan.functions]
     alternatives = list(calls)
     if plan.parallel:
         alternatives.append({"type": "array", "items": calls[0] if len(calls) == 1 else {"anyOf": calls},
@@ -262,7 +264,7 @@ def reply_schema(plan: ToolPlan, answer_schema: dict[str, Any] | None) -> dict[s
 
 # ---------------------------------------------------------------------------------------------- reply
 def read_reply(text: str, plan: ToolPlan,
-               answer_schema: dict[str, Any] | None) -> tuple[list[ResponseToolCall] | None, str | None]:
+               answer_schema: dict[str, Any] | None) -> tuple[list[AnyToolCall] | None, str | None]:
     """(OpenAI tool_call objects, None) or (None, the text answer); InvalidCall when the reply is neither."""
     try:
         value = json.loads(text)
@@ -279,7 +281,7 @@ def read_reply(text: str, plan: ToolPlan,
     calls = parse_calls(text, plan)
     if len(calls) > MAX_PARALLEL:
         raise InvalidCall(f"{len(calls)} calls where at most {MAX_PARALLEL} are allowed")
-    return tool_call_objects(calls), None
+    return tool_call_objects(calls, plan), None
 
 
 def _completion_body(raw: bytes, label: str) -> dict[str, Any]:
