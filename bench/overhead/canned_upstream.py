@@ -115,6 +115,14 @@ http {{
 """
 
 
+def responses_body(model: str, stream: bool = False) -> str:
+    """The same question as ``request_body`` for ``POST /v1/responses`` (not stored: Redis is not measured)."""
+    body: dict[str, Any] = {"model": model, "input": "hi", "max_output_tokens": 16, "store": False}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, separators=(",", ":"))
+
+
 def request_body(model: str, stream: bool = False) -> str:
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
     if stream:

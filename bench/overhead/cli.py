@@ -32,6 +32,7 @@ from .measurement import (
     measure,
     median_cell,
     scenario_target,
+    scenarios_of,
     warm_up,
 )
 from .paths import REPO, RESULTS_DIR
@@ -51,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--octogate-workers", type=int, default=1)
     ap.add_argument("--octogate-extra", default="", help="extra arguments for `octogate serve`, space-separated (write --octogate-extra=\"--flag ...\")")
     ap.add_argument("--stream", action="store_true", help="also measure a canned SSE stream (stream: true)")
+    ap.add_argument("--responses", action="store_true",
+                    help="also measure POST /v1/responses on octogate (with --stream: streamed too)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat every target this many times, interleaved, and report per-figure medians")
     ap.add_argument("--pin", choices=("auto", "on", "off"), default="auto",
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     set_auth_key("sk-bench-" + secrets.token_hex(16) if args.auth == "on" else None)
     layout = choose_layout(args.pin)
     scenarios = ["chat"] + (["stream"] if args.stream else [])
+    if args.responses:
+        scenarios += ["responses"] + (["responses-stream"] if args.stream else [])
     started = _dt.datetime.now()
     stamp = started.strftime("%Y%m%d-%H%M%S")
     meta: dict[str, Any] = {
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     boot = time.monotonic() - t0
                     info = target_info.setdefault(name, {"command": run.command, **run.settings, "boot_s": []})
                     info["boot_s"].append(round(boot, 2))
-                    info["preflight"] = {s: preflight(*scenario_target(run, s)) for s in scenarios}
+                    info["preflight"] = {s: preflight(*scenario_target(run, s)) for s in scenarios_of(name, scenarios)}
                     if auth_key() and run.proc is not None:
                         status, text = status_without_key(run)
                         info["without_key"] = {"status": status, "body": text}
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{status} (auth is not being checked)", flush=True)
                     print(f"bench: {label}: ready in {boot:.1f}s; warm-up {args.warmup}s", flush=True)
                     warm_up(run, scenarios, args.warmup, layout)
-                    for scenario in scenarios:
+                    for scenario in scenarios_of(name, scenarios):
                         for conns in CONCURRENCIES:
                             cell = measure(run, up, scenario, conns, args.duration, layout)
                             samples.setdefault((name, scenario, conns), []).append(cell)

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from .canned_upstream import Upstream, request_body
+from .canned_upstream import Upstream, request_body, responses_body
 from .cpu_layout import Layout
 from .loopback_http import auth_key
 from .paths import WRK_SCRIPT
@@ -20,12 +20,19 @@ from .subprocesses import subprocess_env
 from .targets import Running
 
 CONCURRENCIES = (1, 16)
+# POST /v1/responses against the same canned chat upstream, translated by octogate both ways
+# (octogate only: "direct" has no such endpoint, and LiteLLM would ask the upstream's own /responses).
+RESPONSES_SCENARIOS = ("responses", "responses-stream")
+
+
+def scenarios_of(target: str, scenarios: list[str]) -> list[str]:
+    return [s for s in scenarios if target == "octogate" or s not in RESPONSES_SCENARIOS]
 
 
 @dataclass
 class Cell:
     target: str
-    scenario: str  # "chat" or "stream"
+    scenario: str  # "chat", "stream", "responses" or "responses-stream"
     connections: int
     rps: float
     p50_ms: float
@@ -81,9 +88,12 @@ def run_wrk(url: str, body: str, connections: int, duration: int, layout: Layout
 
 
 def scenario_target(run: Running, scenario: str) -> tuple[str, str]:
-    """The URL and request body for a scenario ("chat" or "stream") on a running target."""
-    stream = scenario == "stream"
+    """The URL and request body for a scenario on a running target."""
+    stream = scenario in ("stream", "responses-stream")
     url = run.url
+    if scenario in RESPONSES_SCENARIOS:
+        return (url.replace("/v1/chat/completions", "/v1/responses"),
+                responses_body(run.stream_model if stream else run.model, stream))
     if stream and run.name == "direct":  # nginx serves the canned SSE on its own path
         url = url.replace("/v1/chat/completions", "/sse/v1/chat/completions")
     return url, request_body(run.stream_model if stream else run.model, stream)
@@ -118,7 +128,7 @@ def measure(run: Running, up: Upstream, scenario: str, connections: int, duratio
 def warm_up(run: Running, scenarios: list[str], seconds: int, layout: Layout) -> None:
     if seconds <= 0:
         return
-    for scenario in scenarios:
+    for scenario in scenarios_of(run.name, scenarios):
         url, body = scenario_target(run, scenario)
         run_wrk(url, body, max(CONCURRENCIES), seconds, layout)
 

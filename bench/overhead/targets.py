@@ -46,7 +46,15 @@ def preflight(url: str, body: str) -> dict[str, Any]:
     text = raw.decode("utf-8", "replace")
     if status != 200:
         raise RuntimeError(f"POST {url} (model={model}, stream={stream}) -> HTTP {status}: {text[:500]}")
-    if stream:
+    if url.endswith("/v1/responses"):  # the canned completion read back as a response, or OpenAI's events
+        if stream:
+            events = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
+            if not events or events[-1].get("type") != "response.completed":
+                raise RuntimeError(f"responses stream from {url} does not end with response.completed: {text[-500:]}")
+            content = events[-1]["response"]["output_text"]
+        else:
+            content = json.loads(text)["output_text"]
+    elif stream:
         if "data:" not in text or "[DONE]" not in text:
             raise RuntimeError(f"stream from {url} is not SSE ending in [DONE]: {text[:500]}")
         content = ""

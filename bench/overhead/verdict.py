@@ -46,6 +46,16 @@ def compute_verdict(cells: dict[tuple[str, str, int], Cell]) -> dict[str, Any]:
             if cell and base:
                 out["added_ms"][f"stream: {name}_p50@{lo}"] = cell.p50_ms - base.p50_ms
 
+    for scenario, base_scenario in (("responses", "chat"), ("responses-stream", "stream")):
+        cell, chat = get("octogate", lo, scenario), get("octogate", lo, base_scenario)
+        if cell and get("direct", lo, base_scenario):
+            out["added_ms"][f"{scenario}: octogate_p50@{lo}"] = cell.p50_ms - get("direct", lo, base_scenario).p50_ms
+        if cell and chat:
+            out["added_ms"][f"{scenario}: octogate_p50 - {base_scenario} octogate_p50@{lo}"] = cell.p50_ms - chat.p50_ms
+        if get("octogate", hi, scenario) and get("octogate", hi, base_scenario):
+            out["ratios"][f"{scenario}: octogate_rps/{base_scenario} octogate_rps@{hi}"] = ratio(
+                get("octogate", hi, scenario), get("octogate", hi, base_scenario))
+
     def check(name: str, value: float | None, target: float, higher_is_better: bool, involved: list[Cell | None]
               ) -> None:
         if value is None:
