@@ -72,6 +72,20 @@ def _chat_schema_route() -> APIRouter:
     return router
 
 
+def _exact_int64_bounds(node: Any) -> None:
+    """FastAPI's OpenAPI models hold numbers as floats: the int64 bounds of the requests' integers
+    (2**63 - 1, -2**63) would read 9.223372036854776e+18, which is 2**63, past int64. Put them back."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("maximum", "minimum") and isinstance(value, float) and abs(value) == 2.0**63:
+                node[key] = 2**63 - 1 if value > 0 else -(2**63)
+            else:
+                _exact_int64_bounds(value)
+    elif isinstance(node, list):
+        for item in node:
+            _exact_int64_bounds(item)
+
+
 def _openapi(api: FastAPI, models: list[str], api_keys: bool) -> dict[str, Any]:
     """Every route the gateway serves, the chat endpoint included; every error in OpenAI's envelope
     (the ``default`` response: FastAPI's 422 schema is never what a client gets); the bearer key
@@ -86,12 +100,9 @@ def _openapi(api: FastAPI, models: list[str], api_keys: bool) -> dict[str, Any]:
         components[name] = sub
     components["ErrorResponse"] = error
     components["ErrorBody"]["required"] = ["message", "type", "param", "code"]  # always all four, null or not
-    # FastAPI's OpenAPI models hold numbers as floats (2**63 - 1 would read 9.223372036854776e+18, past int64):
-    # the request's schemas are pydantic's own, exact.
-    for model in (ChatCompletionRequest, ResponsesRequest):
-        exact = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(exact.pop("$defs", {}))
-        components[model.__name__] = exact
+    # FastAPI's own component names (module-qualified when two models share a name: core/protocol.py's
+    # and core/responses_api.py's TextFormat), with the int64 bounds its float-typed models lose put back.
+    _exact_int64_bounds(components)
     request = components["ChatCompletionRequest"]["properties"]
     if models:
         request["model"]["examples"] = models
