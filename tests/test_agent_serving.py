@@ -108,6 +108,7 @@ def test_a_failing_expert_is_recorded_and_the_agent_still_answers(gw):
 
 
 def test_steps_are_spans_of_the_request_and_counted(gw, receiver):
+    receiver.clear()  # only this request's trace
     gw.client().chat.completions.create(
         model="husky-broken", messages=[{"role": "user", "content": "What is the capital of Kenya?"}])
     names = {"octogate.agent.action", "octogate.agent.expert", "octogate.agent.answer"}
