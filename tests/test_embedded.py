@@ -27,9 +27,9 @@ def client(embedded) -> openai.OpenAI:
     return embedded.client(timeout=120)
 
 
-def test_the_default_graph_lists_its_17_nodes_and_its_router(client):
+def test_the_default_graph_lists_its_17_nodes_its_router_and_husky(client):
     ids = [m.id for m in client.models.list().data]
-    assert len(ids) == 18 and "octopus" in ids and "math" in ids
+    assert len(ids) == 19 and "octopus" in ids and "math" in ids and "husky" in ids
 
 
 def test_a_real_answer_streams_token_by_token(client):
