@@ -478,21 +478,26 @@ def _message_item(text: str, logprobs: list[dict[str, Any]] | None, status: str 
 
 
 def response_of_completion(shell: ResponseObject, completion: dict[str, Any], logprobs: bool) -> ResponseObject:
-    """The finished response of a chat completion (its first choice)."""
-    response = shell.model_copy(deep=True)
+    """The finished response of a chat completion (its first choice); ``shell`` is completed in place.
+    Parts of an upstream's answer that are not what the protocol says are left out, never a 500."""
+    response = shell
     choices = completion.get("choices") if isinstance(completion, dict) else None
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     content = message.get("content")
-    if isinstance(content, str) and (content or not message.get("tool_calls")):
+    calls = message.get("tool_calls") if isinstance(message.get("tool_calls"), list) else []
+    if isinstance(content, str) and (content or not calls):
         response.output.append(_message_item(content, _text_logprobs(choice.get("logprobs")) if logprobs else None))
-    for call in message.get("tool_calls") or ():
-        fn = call.get("function") or {} if isinstance(call, dict) else {}
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict):
+            continue
         response.output.append({"id": new_id("fc"), "type": "function_call", "status": "completed",
-                                "call_id": call.get("id") or new_id("call"), "name": fn.get("name", ""),
-                                "arguments": fn.get("arguments") or ""})
-    response.usage = usage_of(completion.get("usage"))
-    _finish(response, choice.get("finish_reason"))
+                                "call_id": str(call.get("id") or new_id("call")), "name": str(fn.get("name") or ""),
+                                "arguments": str(fn.get("arguments") or "")})
+    response.usage = usage_of(completion.get("usage") if isinstance(completion, dict) else None)
+    reason = choice.get("finish_reason")
+    _finish(response, reason if isinstance(reason, str) else None)
     return response
 
 
@@ -519,13 +524,19 @@ class EventWriter:
         return self.event("response.created", response=data) + self.event("response.in_progress", response=data)
 
     def feed(self, chunk: bytes) -> bytes:
-        """The events one chat chunk makes (b"" for none)."""
+        """The events one chat chunk makes (b"" for none; a chunk that is not what the protocol says, too)."""
         try:
             parsed = orjson.loads(chunk)
         except orjson.JSONDecodeError:
             return b""
         if not isinstance(parsed, dict):
             return b""
+        try:
+            return self._events(parsed)
+        except (AttributeError, TypeError, KeyError):
+            return b""
+
+    def _events(self, parsed: dict[str, Any]) -> bytes:
         out = []
         if isinstance(parsed.get("usage"), dict):
             self.response.usage = usage_of(parsed["usage"])
@@ -534,7 +545,7 @@ class EventWriter:
                 continue
             delta = choice.get("delta") or {}
             text = delta.get("content")
-            if text:
+            if isinstance(text, str) and text:
                 out.append(self._text(text, _text_logprobs(choice.get("logprobs")) if self.logprobs else []))
             for call in delta.get("tool_calls") or ():
                 if isinstance(call, dict):
