@@ -443,3 +443,21 @@ def test_routed_by_the_router_model(rupstream, gateway_factory, prefix):
             assert stream.get_final_response().output_text.startswith("echo: ")
     finally:
         sglang.stop()
+
+
+# ---------------------------------------------------------------- metrics
+def test_metrics_count_responses_like_chat(gw):
+    client = gw.client(api_key="key-b")
+    client.responses.create(model="tools", input="x", store=False,
+                            tools=[{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}])
+
+    def value(text: str, name: str, **labels: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    text = httpx.get(f"{gw.url}/metrics").text
+    assert value(text, "octogate_requests_total", node="tools", status="200") >= 1
+    assert value(text, "octogate_tokens_total", node="tools", direction="prompt", key="key-2") >= 11
+    assert value(text, "octogate_upstream_duration_seconds_count", node="tools") >= 1
