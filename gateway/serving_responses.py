@@ -154,11 +154,11 @@ class ResponsesService:
         done = await self.chat.complete_chat(node, chat_data, headers_extra, receive, caller)
         response = response_of_completion(shell, done.summary, request.wants_logprobs)
         body = response.model_dump()
+        await self.chat.limits.spent(caller, done.prompt_tokens + done.completion_tokens)  # spent, kept or not
         if keep is not None:
             await keep.put(body)  # a 503 rather than an answer that was asked to be kept and was not
         headers = [*JSON_HEADERS, (NODE_HEADER, done.node.name.encode()), *headers_extra]
         await send_response(send, 200, orjson.dumps(body), headers)
-        await self.chat.limits.spent(caller, done.prompt_tokens + done.completion_tokens)
         return 200, done.node
 
     # ------------------------------------------------------------------ translated: events
@@ -195,13 +195,14 @@ class ResponsesService:
                     tail = writer.fail(to_openai_error(exc))
                 gone.finished = True
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except ClientGone:
+            status = 499  # the backend's stream is closed below, which stops its work
         except BaseException as exc:
             await chunks.aclose()
-            if isinstance(exc, ClientGone):
-                opened.close()
-                return 499, opened.node
             opened.close(type(exc), exc, exc.__traceback__)
             raise
+        else:
+            status = 200
         await chunks.aclose()
         usage = writer.response.usage or {}
         prompt, completion = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
@@ -210,7 +211,7 @@ class ResponsesService:
                         [writer.finish_reason] if writer.finish_reason else None, text)
         opened.close()
         await self.chat.limits.spent(caller, prompt + completion)
-        return 200, opened.node
+        return status, opened.node
 
     # ------------------------------------------------------------------ native pass-through
     async def _native(self, node: Node, data: dict[str, Any], request: ResponsesRequest,

@@ -8,6 +8,8 @@ or die mid-stream, and a ``/v1/responses`` of its own for the native pass-throug
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 
 import httpx
@@ -33,6 +35,7 @@ class ResponsesUpstream(LoopbackServer):
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.chat_bodies: list[dict] = []
         self.responses_bodies: list[dict] = []
+        self.endless_cancelled = threading.Event()
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -74,6 +77,14 @@ class ResponsesUpstream(LoopbackServer):
             await resp.write(b"data: " + orjson.dumps(data) + b"\n\n")
 
         await chunk({"role": "assistant", "content": ""})
+        if model == "endless":
+            try:
+                while True:
+                    await chunk({"content": "tick "})
+                    await asyncio.sleep(0.05)
+            except (ConnectionResetError, asyncio.CancelledError):
+                self.endless_cancelled.set()
+                raise
         if message.get("tool_calls"):
             call = message["tool_calls"][0]
             await chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
@@ -139,6 +150,7 @@ def graph(upstream: ResponsesUpstream, prefix: str, redis_url: str = "redis://12
             node("tools", "tools"),
             node("short", "short"),
             node("dies", "dies"),
+            node("endless", "endless"),
             node("broken", "broken", fallbacks=["echo"]),
             {"name": "native", "persona": "You are native.", "params": {"temperature": 0.1},
              "backend": {"model": "openai/upstream-model", "api_base": upstream.base_url, "responses": "native"}},
@@ -290,6 +302,20 @@ def test_stream_that_fails_midway_ends_with_failed(gw):
     assert kinds[-2:] == ["error", "response.failed"]
     assert events[-1]["response"]["status"] == "failed" and events[-1]["response"]["error"]["code"] == "server_error"
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_backend(gw, rupstream):
+    with httpx.stream("POST", f"{gw.url}/v1/responses", headers={"Authorization": "Bearer key-a"},
+                      json={"model": "endless", "input": "x", "stream": True}, timeout=10) as resp:
+        deltas = 0
+        for line in resp.iter_lines():
+            deltas += '"response.output_text.delta"' in line
+            if deltas == 3:
+                break
+    assert rupstream.endless_cancelled.wait(5)
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert any(line.startswith("octogate_requests_total{") and 'node="endless"' in line and 'status="499"' in line
+               for line in metrics.splitlines())
 
 
 def test_stream_refused_before_start_keeps_its_status(client):
