@@ -366,16 +366,9 @@ def chat_request(request: ResponsesRequest, items: list[dict[str, Any]]) -> dict
 
 
 # ---------------------------------------------------------------- the response object
-class ResponseUsage(BaseModel):
-    input_tokens: int = 0
-    input_tokens_details: dict[str, int] = Field(default_factory=lambda: {"cached_tokens": 0})
-    output_tokens: int = 0
-    output_tokens_details: dict[str, int] = Field(default_factory=lambda: {"reasoning_tokens": 0})
-    total_tokens: int = 0
-
-
 def usage_of(chat_usage: Any) -> dict[str, Any] | None:
-    """A chat completion's usage as a response's."""
+    """A chat completion's usage as a response's: ``input_tokens``, ``input_tokens_details.cached_tokens``,
+    ``output_tokens``, ``output_tokens_details.reasoning_tokens``, ``total_tokens``."""
     if not isinstance(chat_usage, dict):
         return None
     try:
@@ -384,9 +377,8 @@ def usage_of(chat_usage: Any) -> dict[str, Any] | None:
         reasoning = int(((chat_usage.get("completion_tokens_details") or {}).get("reasoning_tokens")) or 0)
     except (TypeError, ValueError, AttributeError):
         return None
-    return ResponseUsage(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion,
-                         input_tokens_details={"cached_tokens": cached},
-                         output_tokens_details={"reasoning_tokens": reasoning}).model_dump()
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached}, "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": prompt + completion}
 
 
 class ResponseObject(BaseModel):
