@@ -134,6 +134,8 @@ def corpus(node: str, count: int, seed: int, embedded: bool = False) -> list[dic
               suppress_health_check=list(HealthCheck))
     @given(strategy)
     def collect(body: dict[str, Any]) -> None:
+        if len(bodies) % 2 and "stream" not in body:  # half the corpus streamed (drawn alone, few bodies would)
+            body = {**body, "stream": True}
         if not violations("CreateChatCompletionRequest", body) and len(bodies) < count:
             bodies.append(body)
 
@@ -178,6 +180,9 @@ DOCUMENTED = [
                "top_logprobs without logprobs: true (OpenAI: logprobs must be true)"),
     Documented(("passthrough", "embedded"), 400, r"tools\[\d+\]\.function\.name", None,
                "function name empty or over 64 characters (OpenAI: a-z, A-Z, 0-9, _ and -, at most 64)"),
+    Documented(("passthrough", "embedded"), 400, r"max_tokens|max_completion_tokens", "invalid_value",
+               "max_tokens or max_completion_tokens below 1 (the spec states no minimum; OpenAI answers "
+               "'integer below minimum value', expecting >= 1)"),
     Documented(("passthrough", "embedded"), 400, r"response_format\.json_schema\.name", None,
                "response_format.json_schema.name empty or over 64 characters (OpenAI: at most 64)"),
     Documented(("passthrough", "embedded"), 400, r"seed", None,
