@@ -81,12 +81,14 @@ class EmbeddedBackend(TranslatingBackend):
                 "temperature": max(0.7, prep.params["temperature"])}
             texts = [""] * n
             finish = ["stop"] * n
-            async for index, out, count in self.model.generate(prep.tokens, params, n):
+            entries: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+            async for index, out, count in self.model.generate(prep.tokens, params, n, prep.logprobs):
                 if out is None:
                     completion_tokens += count
                     continue
                 choice = out["choices"][0]
                 texts[index] += choice["text"]
+                entries[index] += choice.get("logprob_entries") or ()
                 if choice.get("finish_reason"):
                     finish[index] = choice["finish_reason"]
             problems = [prep.check_output(texts[i], finish[i]) for i in range(n)]
@@ -97,7 +99,8 @@ class EmbeddedBackend(TranslatingBackend):
         usage = Usage.of(prep.prompt_count, completion_tokens)
         if prep.unconstrained and n == 1 and (loose := loose_calls(texts[0], prep.plan)):
             return Answer([AnswerChoice.calls(loose)], usage)
-        return Answer([AnswerChoice(texts[i], finish_reason=finish[i]) for i in range(n)], usage)
+        return Answer([AnswerChoice(texts[i], finish_reason=finish[i], logprobs=None if prep.logprobs is None else
+                                    {"content": entries[i], "refusal": None}) for i in range(n)], usage)
 
     async def generate_chunks(self, prep: Prepared, include_usage: bool) -> AsyncIterator[bytes]:
         writer = ChunkWriter(self.origin(prep), include_usage)
@@ -113,8 +116,9 @@ class EmbeddedBackend(TranslatingBackend):
         started: set[int] = set()
         finish: dict[int, str] = {}
         texts: dict[int, list[str]] = {}
+        pending: dict[int, list[dict[str, Any]]] = {}  # logprobs of tokens whose text has not come out yet
         completion_tokens = 0
-        async for index, out, count in self.model.generate(prep.tokens, prep.params, prep.n):
+        async for index, out, count in self.model.generate(prep.tokens, prep.params, prep.n, prep.logprobs):
             if index not in started:
                 started.add(index)
                 yield writer.start(index)
@@ -128,9 +132,15 @@ class EmbeddedBackend(TranslatingBackend):
             choice = out["choices"][0]
             if choice.get("finish_reason"):
                 finish[index] = choice["finish_reason"]
+            entries = None
+            if prep.logprobs is not None:
+                entries = pending.setdefault(index, [])
+                entries += choice.get("logprob_entries") or ()
             if choice["text"]:
                 texts.setdefault(index, []).append(choice["text"])
-                yield writer.text(index, choice["text"])
+                if entries is not None:
+                    pending[index] = []
+                yield writer.text(index, choice["text"], entries)
         for chunk in writer.usage(Usage.of(prep.prompt_count, completion_tokens)):
             yield chunk
 

@@ -118,9 +118,12 @@ class EmbeddedModel:
         finally:
             cancel.set()
 
-    def generate(self, tokens: list[int], params: dict[str, Any], n: int) -> AsyncIterator[tuple[int, Any, int]]:
+    def generate(self, tokens: list[int], params: dict[str, Any], n: int,
+                 logprobs: int | None = None) -> AsyncIterator[tuple[int, Any, int]]:
         """Run llama.cpp on the model's thread; yield (choice index, completion chunk, tokens so far) as
-        produced, and (choice index, None, tokens generated) when a choice is done."""
+        produced, and (choice index, None, tokens generated) when a choice is done. With ``logprobs``
+        (how many alternatives per token, 0-20), each chunk's choice carries ``logprob_entries``: the
+        OpenAI ``logprobs.content`` entries of the tokens sampled since the chunk before."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
@@ -134,16 +137,28 @@ class EmbeddedModel:
                     if cancel.is_set():
                         return
                     counter = TokenCounter()
+                    processors = LogitsProcessorList([counter])
+                    recorder = None
+                    if logprobs is not None:
+                        recorder = LogprobRecorder(self.llm, logprobs)
+                        processors.append(recorder)
+                        self.llm.sample = recorder.sampling(self.llm.sample)  # restored below
                     choice_params = params
                     if index and "seed" in params:  # n choices from one seed must still differ
                         choice_params = {**params, "seed": params["seed"] + index}
-                    for out in self.llm.create_completion(
-                        tokens, stream=True, logits_processor=LogitsProcessorList([counter]), **choice_params
-                    ):
-                        if cancel.is_set():
-                            log.info("client went away: generation stopped after %d tokens", counter.count)
-                            return
-                        loop.call_soon_threadsafe(put, (index, out, counter.count))
+                    try:
+                        for out in self.llm.create_completion(
+                            tokens, stream=True, logits_processor=processors, **choice_params
+                        ):
+                            if cancel.is_set():
+                                log.info("client went away: generation stopped after %d tokens", counter.count)
+                                return
+                            if recorder is not None:
+                                out["choices"][0]["logprob_entries"] = recorder.take()
+                            loop.call_soon_threadsafe(put, (index, out, counter.count))
+                    finally:
+                        if recorder is not None:
+                            del self.llm.sample  # the class's own method again
                     loop.call_soon_threadsafe(put, (index, None, counter.count))
             except BaseException as exc:  # surfaced on the event loop
                 loop.call_soon_threadsafe(put, exc)
@@ -175,3 +190,57 @@ def shared_model(cfg: BackendConfig) -> EmbeddedModel:
     if key not in _models:
         _models[key] = EmbeddedModel(path, cfg.n_ctx, cfg.n_threads, cfg.weights)
     return _models[key]
+
+
+class LogprobRecorder:
+    """OpenAI's ``logprobs.content`` of a generation, without llama.cpp's ``logits_all`` (which keeps
+    n_ctx x n_vocab floats, 400 MB here): as a logits processor it sees each step's raw logits and
+    keeps their log-softmax; wrapped around ``Llama.sample`` it learns which token was drawn from
+    them. End-of-generation tokens are not part of the answer, so they get no entry."""
+
+    def __init__(self, llm: Any, top: int):
+        import llama_cpp
+        import numpy as np
+
+        self.np = np
+        self.llm = llm
+        self.top = top
+        self.vocab = llm._model.vocab
+        self.is_eog = llama_cpp.llama_vocab_is_eog
+        self.row: Any = None
+        self.entries: list[dict[str, Any]] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        np = self.np
+        peak = float(scores.max())
+        self.row = scores - (peak + float(np.log(np.exp(scores - peak).sum())))
+        return scores
+
+    def sampling(self, sample: Callable[..., int]) -> Callable[..., int]:
+        def sample_and_record(*args: Any, **kwargs: Any) -> int:
+            token = sample(*args, **kwargs)
+            if self.row is not None and not self.is_eog(self.vocab, token):
+                self.entries.append(self._entry(token))
+            self.row = None
+            return token
+
+        return sample_and_record
+
+    def _piece(self, token: int) -> tuple[str, list[int]]:
+        raw = self.llm.detokenize([token])
+        return raw.decode("utf-8", "replace"), list(raw)
+
+    def _entry(self, token: int) -> dict[str, Any]:
+        row = self.row
+        text, raw = self._piece(token)
+        entry: dict[str, Any] = {"token": text, "logprob": float(row[token]), "bytes": raw, "top_logprobs": []}
+        if self.top:
+            best = self.np.argpartition(row, -self.top)[-self.top:]
+            for candidate in sorted(best.tolist(), key=lambda t: -row[t]):
+                ctext, craw = self._piece(candidate)
+                entry["top_logprobs"].append({"token": ctext, "logprob": float(row[candidate]), "bytes": craw})
+        return entry
+
+    def take(self) -> list[dict[str, Any]]:
+        taken, self.entries = self.entries, []
+        return taken

@@ -43,6 +43,7 @@ class Prepared:
     toolset: ToolChooser | None = None  # the registered toolset whose trained token chooses the function
     flat: list[dict[str, str]] = field(default_factory=list)  # toolset path: the turns, without any tool listing
     query: str = ""  # tools: the last user message
+    logprobs: int | None = None  # logprobs asked for: alternatives per token (top_logprobs, 0-20)
 
     def check_output(self, text: str, finish: str) -> str | None:
         """Why a response_format answer is unacceptable ("length" when it was cut off), or None."""
@@ -69,9 +70,6 @@ def context_exceeded(model: EmbeddedModel, tokens: list[int]) -> UpstreamError:
 def prepare(model: EmbeddedModel, toolsets: ToolChoosers | None, request: ChatCompletionRequest,
             payload: dict[str, Any]) -> Prepared:
     plan = plan_tools(payload)
-    if request.logprobs:
-        raise UpstreamError(400, "The embedded model does not return logprobs.", param="logprobs",
-                            code="unsupported_parameter")
     messages = payload["messages"]
     if len(messages) * MIN_TOKENS_PER_TURN > model.n_ctx:  # cannot fit: say so before templating any of it
         raise UpstreamError(400, f"This model's maximum context length is {model.n_ctx} tokens; {len(messages)} "
@@ -105,7 +103,7 @@ def prepare(model: EmbeddedModel, toolsets: ToolChoosers | None, request: ChatCo
     if request.seed is not None:
         params["seed"] = request.seed
     prep = Prepared(tokens, params, request.n or 1, plan, unconstrained=mode == "unconstrained",
-                    prompt_count=len(tokens))
+                    prompt_count=len(tokens), logprobs=(request.top_logprobs or 0) if request.logprobs else None)
     if prep.unconstrained and (plan is None or request.stream):
         raise UpstreamError(400, "'octogate.tool_calls: unconstrained' needs tools and a non-streamed request.",
                             param="octogate.tool_calls", code="invalid_value")

@@ -57,6 +57,7 @@ class AnswerChoice:
     content: str | None = None
     tool_calls: list[AnyToolCall] | None = None
     finish_reason: str = "stop"
+    logprobs: dict[str, Any] | None = None  # {"content": [...], "refusal": None} when asked for
 
     @classmethod
     def calls(cls, tool_calls: list[AnyToolCall]) -> AnswerChoice:
@@ -82,7 +83,8 @@ class Origin:
 
     def completion(self, answer: Answer) -> ChatCompletion:
         choices = [
-            Choice(index=i, message=ChatMessage(content=c.content, tool_calls=c.tool_calls), finish_reason=c.finish_reason)
+            Choice(index=i, message=ChatMessage(content=c.content, tool_calls=c.tool_calls), finish_reason=c.finish_reason,
+                   logprobs=c.logprobs)
             for i, c in enumerate(answer.choices)
         ]
         return ChatCompletion(id=self.id, created=self.created, model=self.model,
@@ -101,15 +103,17 @@ class ChunkWriter:
         return render(ChatCompletionChunk(id=o.id, created=o.created, model=o.model,
                                           system_fingerprint=o.system_fingerprint, choices=choices, usage=usage))
 
-    def delta(self, index: int, delta: ChunkDelta, finish_reason: str | None = None) -> bytes:
-        return self._chunk([ChunkChoice(index=index, delta=delta, finish_reason=finish_reason)])
+    def delta(self, index: int, delta: ChunkDelta, finish_reason: str | None = None,
+              logprobs: dict[str, Any] | None = None) -> bytes:
+        return self._chunk([ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)])
 
     def start(self, index: int, calls: bool = False) -> bytes:
         """The first chunk of a choice: its role (with ``content: null`` when tool calls follow)."""
         return self.delta(index, ChunkDelta(role="assistant", content=None if calls else ""))
 
-    def text(self, index: int, text: str) -> bytes:
-        return self.delta(index, ChunkDelta(content=text))
+    def text(self, index: int, text: str, logprobs: list[dict[str, Any]] | None = None) -> bytes:
+        return self.delta(index, ChunkDelta(content=text),
+                          logprobs=None if logprobs is None else {"content": logprobs, "refusal": None})
 
     def finish(self, index: int, reason: str) -> bytes:
         return self.delta(index, ChunkDelta(), reason)

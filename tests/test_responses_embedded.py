@@ -103,3 +103,42 @@ def test_openai_agents_sdk_runs_a_tool_and_answers(gw, tmp_path: Path):
     assert result["items"][-1] == "message_output_item", result
     assert isinstance(result["final_output"], str) and result["final_output"].strip(), result
     assert result["last_response_id"].startswith("resp_")
+
+
+# ---------------------------------------------------------------- logprobs (llama.cpp's own, without logits_all)
+def _check_entries(entries, text: str, top: int) -> None:
+    assert entries and bytes(b for e in entries for b in e.bytes).decode("utf-8") == text  # a character may span tokens
+    for e in entries:
+        assert e.logprob <= 0
+        assert len(e.top_logprobs) == top
+        assert [t.logprob for t in e.top_logprobs] == sorted((t.logprob for t in e.top_logprobs), reverse=True)
+        assert e.logprob <= e.top_logprobs[0].logprob + 1e-6
+
+
+def test_chat_logprobs_on_the_embedded_model(gw):
+    client = gw.client()
+    done = client.chat.completions.create(model="general", messages=[{"role": "user", "content": "Say hello."}],
+                                          max_tokens=12, logprobs=True, top_logprobs=3, temperature=0)
+    _check_entries(done.choices[0].logprobs.content, done.choices[0].message.content, 3)
+    greedy = done.choices[0].logprobs.content
+    assert all(e.token == e.top_logprobs[0].token for e in greedy)  # temperature 0 takes the best token
+    chunks = list(client.chat.completions.create(model="general", messages=[{"role": "user", "content": "Say hello."}],
+                                                 max_tokens=12, logprobs=True, top_logprobs=2, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    _check_entries(streamed, text, 2)
+    plain = client.chat.completions.create(model="general", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert plain.choices[0].logprobs is None
+
+
+def test_responses_logprobs_on_the_embedded_model(gw):
+    client = gw.client()
+    response = client.responses.create(model="general", input="Say hello.", max_output_tokens=12, store=False,
+                                       include=["message.output_text.logprobs"], top_logprobs=2)
+    part = response.output[0].content[0]
+    _check_entries(part.logprobs, part.text, 2)
+    stream = client.responses.create(model="general", input="Say hello.", max_output_tokens=12, store=False,
+                                     include=["message.output_text.logprobs"], stream=True)
+    events = list(stream)
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert sum(len(e.logprobs) for e in deltas) == len(events[-1].response.output[0].content[0].logprobs) > 0
