@@ -206,7 +206,6 @@ DOCUMENTED = [
     Documented(("embedded",), 400, r"tool_choice.*", "invalid_value",
                "tool_choice naming a tool that is not in tools (OpenAI refuses it too)"),
     Documented(("embedded",), 400, r"n", "unsupported_parameter", "n > 1 with tools: one tool-calling choice"),
-    Documented(("embedded",), 400, r"logprobs", "unsupported_parameter", "logprobs: not returned"),
     Documented(("embedded",), 400, r"messages\[\d+\]\.content\[\d+\]\.type", "unsupported_content",
                "a non-text content part (image, audio, file): the model reads text only"),
     Documented(("embedded",), 400, r"messages", "context_length_exceeded", "the prompt exceeds the context"),
