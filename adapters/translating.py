@@ -26,13 +26,13 @@ from octogate.adapters.tool_calling.parsing import stream_deltas
 from octogate.core.errors import UpstreamError, from_validation_error
 from octogate.core.protocol import ChatCompletionRequest
 from octogate.core.responses import (
+    AnyToolCall,
     ChatCompletion,
     ChatCompletionChunk,
     ChatMessage,
     Choice,
     ChunkChoice,
     ChunkDelta,
-    AnyToolCall,
     Usage,
     new_completion_id,
     render,

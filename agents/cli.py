@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from octogate.core.cli_output import err_console, fail
+from octogate.core.cli_output import err_console, fail, out_console
 
 agent_cli = typer.Typer(no_args_is_help=True, help="Agents served as models (Husky).")
 REPO_DATA = Path("data/agent")
@@ -31,7 +30,7 @@ def build_data_command(
         counts = write_data(source, out, docs, seed)
     except (OSError, KeyError, ValueError) as exc:
         fail(exc)
-    Console().print(f"{counts['trajectories']} tasks: {counts['train']} decisions to {out}/train.jsonl, "
+    out_console().print(f"{counts['trajectories']} tasks: {counts['train']} decisions to {out}/train.jsonl, "
                     f"{counts['heldout']} held out ({counts['heldout_tasks']} tasks); "
                     f"{counts['documents']} documents to {docs}/facts.jsonl")
 
@@ -95,7 +94,7 @@ def train_command(
             prefix_text=ACTION_PREFIX, labels="tools")
     except (OSError, ValueError) as exc:
         fail(exc)
-    console = Console()
+    console = out_console()
     for row in state.history:
         scores = ", ".join(f"{k} {v:.1%}" for k, v in row.items() if k not in ("step", "seconds"))
         console.print(f"step {row['step']} ({row['seconds']:.0f} s): {scores}")
@@ -139,7 +138,7 @@ def eval_command(
         fail(f"this graph has no agent {agent!r} (agents: {', '.join(graph.agents) or 'none'})")
     if tasks is not None and url is None:
         fail("--tasks needs --url: the end-to-end comparison asks a running gateway")
-    console = Console()
+    console = out_console()
     try:
         rows = _sample(read_jsonl(data, dict, "an action line"), limit, seed)
     except (OSError, ValueError) as exc:

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from octogate.adapters.tool_calling.evaluation.cli import fc_cli
 from octogate.agents.cli import agent_cli
+from octogate.core.cli_output import out_console
 from octogate.core.graph import CONFIG_ENV, default_config_path
 from octogate.gateway.metrics import prepare_multiprocess_dir
 from octogate.router_model.cli import load_graph_or_exit, router_cli
@@ -70,7 +70,7 @@ def check_config(path: Annotated[Path, typer.Argument(help="graph file to valida
             backend.kind,
             "yes" if node.persona else "",
         )
-    Console().print(table)
+    out_console().print(table)
 
 
 cli.add_typer(router_cli, name="router")

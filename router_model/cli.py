@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from octogate.core.cli_output import err_console, fail
+from octogate.core.cli_output import err_console, fail, out_console
 from octogate.core.graph import ConfigError, GraphConfig, default_config_path, load_graph
 from octogate.router_model.training.data import CHOICES as MMLU_CHOICES
 
@@ -94,7 +93,7 @@ def convert_mmlu_command(
     if holdout_out is not None:
         held = [r for r in rows if held_out(r["id"], holdout_percent)]
         message += f", {write(holdout_out, held, holdout_choices)} ({len(held)} questions) held out to {holdout_out}"
-    Console().print(message)
+    out_console().print(message)
 
 
 @router_cli.command("train")
@@ -159,7 +158,7 @@ def train_command(
             time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console, **prompt)
     except (OSError, ValueError) as exc:
         fail(exc)
-    console = Console()
+    console = out_console()
     for row in state.history:
         scores = ", ".join(f"{k} {v:.1%}" for k, v in row.items() if k not in ("step", "seconds"))
         console.print(f"step {row['step']} ({row['seconds']:.0f} s): {scores}")
@@ -184,10 +183,10 @@ def average_command(
     except (OSError, ValueError) as exc:  # a RouterArtifactError is a ValueError
         fail(exc)
     size = sum(p.stat().st_size for p in artifact.path.iterdir()) / 1e6
-    Console().print(f"average of {len(routers)} routers written to {artifact.path} "
+    out_console().print(f"average of {len(routers)} routers written to {artifact.path} "
                     f"(LoRA rank {artifact.manifest['lora']['rank']}, {size:.1f} MB)")
     if "prior" not in artifact.manifest and any("prior" in load_router(r).manifest for r in routers):
-        Console().print("the parts' prior corrections differ, so the average has none: "
+        out_console().print("the parts' prior corrections differ, so the average has none: "
                         f"set one with `octogate router prior {artifact.path} --data ...`")
 
 
@@ -215,11 +214,11 @@ def prior_command(
         fail(exc)
     prior = artifact.manifest.get("prior")
     if prior is None:
-        Console().print(f"{artifact.path}: no prior correction; decisions score as trained")
+        out_console().print(f"{artifact.path}: no prior correction; decisions score as trained")
         return
     bias = dict(zip(artifact.tokens.values(), artifact.score_bias(list(artifact.tokens)).tolist()))
     shown = ", ".join(f"{node} {b:+.2f}" for node, b in sorted(bias.items(), key=lambda kv: kv[1]))
-    Console().print(f"{artifact.path}: {target} prior, tau {tau:g}, from {prior.get('data')}; score bias: {shown}")
+    out_console().print(f"{artifact.path}: {target} prior, tau {tau:g}, from {prior.get('data')}; score bias: {shown}")
 
 
 @router_cli.command("eval")
@@ -263,7 +262,7 @@ def eval_command(
             await point.engine.aclose()
 
     report = asyncio.run(run())
-    console = Console()
+    console = out_console()
     console.print(f"{report.total} examples: top-1 accuracy {report.accuracy:.1%} "
                   f"({report.correct} right, {report.failures} without a decision)")
     console.print(f"decision latency: p50 {report.percentile(50) * 1000:.1f} ms, p95 {report.percentile(95) * 1000:.1f} ms")

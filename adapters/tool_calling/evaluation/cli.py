@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from octogate.core.cli_output import err_console, fail
+from octogate.core.cli_output import err_console, fail, out_console
 
 fc_cli = typer.Typer(no_args_is_help=True, help="Function calling: evaluation on BFCL cases.")
 
@@ -62,4 +61,4 @@ def fc_eval_command(
     ]
     for label, cell in rows:
         table.add_row(label, *(cell(reports[m]) for m in modes))
-    Console().print(table)
+    out_console().print(table)
