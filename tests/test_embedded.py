@@ -106,7 +106,7 @@ def test_context_overflow_is_a_clean_400(embedded):
 def test_unsupported_inputs_are_clean_400s(embedded):
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
     cases = [
-        ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice.function.name"),
         ({"tools": tools, "n": 2}, "n"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
          "messages[0].content[0].type"),
