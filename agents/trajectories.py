@@ -59,7 +59,7 @@ def _doc(title: str) -> str:
 # ------------------------------------------------------------------------------------------ code
 def code_tasks(rng: random.Random, n: int) -> Iterator[Trajectory]:
     for _ in range(n):
-        name, (item, items) = rng.choice(NAMES), rng.choice(ITEMS)
+        name, (_item, items) = rng.choice(NAMES), rng.choice(ITEMS)
         kind = rng.randrange(9)
         if kind == 0:
             p, k = rng.randint(2, 40), rng.randint(3, 25)

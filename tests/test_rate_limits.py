@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 
 import httpx
-import pytest
 
 from tests.conftest import scripted_graph
 from tests.test_history import RedisServer, redis_server  # noqa: F401  (fixture)
