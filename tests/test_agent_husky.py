@@ -79,7 +79,8 @@ def test_the_papers_example_two_searches_and_code():
     ("import os\nwhile True:\n    os.fork()", "Error:"),
     ("a = []\nwhile True:\n    a.append(bytearray(10**7))", "MemoryError"),
     ("open('/usr/x', 'w').write('x')", "Read-only file system"),
-    ("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)", "Network is unreachable"),
+    # the host's loopback (SSH's port 22 or anything): never an address off this machine
+    ("import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=2)\nprint('connected')", "Error"),
 ])
 def test_hostile_code_is_stopped_and_the_agent_still_answers(code, expect):
     ask, _ = experts({"Do it": code, "Then this": "print(6 * 7)"})
