@@ -117,7 +117,9 @@ def structured_upstream():
 @pytest.fixture(scope="module")
 def remote(structured_upstream, tmp_path_factory):
     def backend(**extra) -> dict:
-        return {"model": "openai/plain-model", "api_base": structured_upstream.base_url, "timeout": 5, **extra}
+        # failures are scripted here on purpose: no cooldown may carry one test's failures into the next
+        return {"model": "openai/plain-model", "api_base": structured_upstream.base_url, "timeout": 5,
+                "cooldown": {"failures": 1000, "seconds": 1}, **extra}
 
     graph = {"nodes": [
         {"name": "remote", "persona": "You are terse.", "backend": backend(tool_calls="octogate")},
