@@ -110,6 +110,12 @@ class OpenAICompatibleBackend(Backend):
         finally:
             resp.release()
 
+    #: events after which a stream is complete without ``[DONE]`` (none for chat completions)
+    END_MARKERS: tuple[bytes, ...] = ()
+
+    def _ends(self, event: bytes) -> bool:
+        return any(marker in event for marker in self.END_MARKERS)
+
     async def stream(self, payload: dict[str, Any],
                      trace_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         resp = await self._post(payload, trace_headers)
@@ -118,21 +124,28 @@ class OpenAICompatibleBackend(Backend):
             data: list[bytes] = []
             async for raw in resp.content:
                 line = raw.rstrip(b"\r\n")
-                if not line:  # blank line: end of one SSE event
-                    if data:
-                        event = b"\n".join(data)
-                        data = []
-                        if event == b"[DONE]":
-                            finished = True
-                            return
-                        yield event
-                elif line.startswith(b"data:"):
+                if line.startswith(b"data:"):
                     data.append(line[6:] if line[5:6] == b" " else line[5:])
-                # comments (":"), event:, id: and retry: lines carry nothing a chat client needs
-            if data and b"\n".join(data) == b"[DONE]":
-                finished = True
-                return
-            raise UpstreamError(502, f"Upstream {self.label} closed the stream before it finished.", code="upstream_error")
+                    continue
+                if line or not data:
+                    continue  # comments (":"), event:, id:, retry: carry nothing; or a blank line with nothing pending
+                event, data = b"\n".join(data), []  # blank line: end of one SSE event
+                if event == b"[DONE]":
+                    finished = True
+                    return
+                yield event
+                if self.END_MARKERS and self._ends(event):  # no call per chunk on the chat path
+                    finished = True
+            if data:  # the last event, without its blank line
+                event = b"\n".join(data)
+                if event == b"[DONE]":
+                    finished = True
+                elif self.END_MARKERS:
+                    yield event
+                    finished = finished or self._ends(event)
+            if not finished:
+                raise UpstreamError(502, f"Upstream {self.label} closed the stream before it finished.",
+                                    code="upstream_error")
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(f"Upstream {self.label} sent nothing for {self.cfg.timeout:g}s mid-stream.") from None
         except aiohttp.ClientError as exc:
