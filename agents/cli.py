@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from octogate.core.cli_output import err_console, fail, out_console
+from octogate.router_model.cli import report_training
 
 agent_cli = typer.Typer(no_args_is_help=True, help="Agents served as models (Husky).")
 REPO_DATA = Path("data/agent")
@@ -94,15 +95,7 @@ def train_command(
             prefix_text=ACTION_PREFIX, labels="tools")
     except (OSError, ValueError) as exc:
         fail(exc)
-    console = out_console()
-    for row in state.history:
-        scores = ", ".join(f"{k} {v:.1%}" for k, v in row.items() if k not in ("step", "seconds"))
-        console.print(f"step {row['step']} ({row['seconds']:.0f} s): {scores}")
-    if complete:
-        console.print(f"action generator written to {artifact.path} ({state.step} steps, {state.seconds / 60:.1f} min)")
-    else:
-        console.print(f"time budget reached at step {state.step}/{state.total_steps}; {artifact.path} is usable but "
-                      "unfinished: run the same command again to resume from its checkpoint")
+    report_training(artifact, state, complete, "action generator")
 
 
 @agent_cli.command("eval")

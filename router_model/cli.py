@@ -6,7 +6,7 @@ from __future__ import annotations
 from enum import Enum
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -158,14 +158,20 @@ def train_command(
             time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console, **prompt)
     except (OSError, ValueError) as exc:
         fail(exc)
+    report_training(artifact, state, complete, "trained router", "the router in ")
+
+
+def report_training(artifact: Any, state: Any, complete: bool, made: str, where: str = "") -> None:
+    """What a training command prints: each evaluation's scores, then whether the model in
+    ``artifact.path`` (``made``: what it is) is finished or resumes from its checkpoint."""
     console = out_console()
     for row in state.history:
         scores = ", ".join(f"{k} {v:.1%}" for k, v in row.items() if k not in ("step", "seconds"))
         console.print(f"step {row['step']} ({row['seconds']:.0f} s): {scores}")
     if complete:
-        console.print(f"trained router written to {artifact.path} ({state.step} steps, {state.seconds / 60:.1f} min)")
+        console.print(f"{made} written to {artifact.path} ({state.step} steps, {state.seconds / 60:.1f} min)")
     else:
-        console.print(f"time budget reached at step {state.step}/{state.total_steps}; the router in {artifact.path} "
+        console.print(f"time budget reached at step {state.step}/{state.total_steps}; {where}{artifact.path} "
                       "is usable but unfinished: run the same command again to resume from its checkpoint")
 
 
