@@ -109,17 +109,23 @@ def plan_tools(payload: dict[str, Any]) -> ToolPlan | None:
     return ToolPlan(chosen, "named", False)
 
 
-def _function_tool(tool: dict[str, Any], at: str) -> Function:
-    fn = tool.get("function")
-    if not isinstance(fn, dict):
-        raise _bad(f"{at}.function", f"Missing required parameter: '{at}.function'.", "missing_required_parameter")
-    name = fn.get("name")
+def _definition(tool: dict[str, Any], at: str, kind: str) -> tuple[dict[str, Any], str, str]:
+    """A tool's ``function`` or ``custom`` object, with its checked name and description."""
+    body = tool.get(kind)
+    if not isinstance(body, dict):
+        raise _bad(f"{at}.{kind}", f"Missing required parameter: '{at}.{kind}'.", "missing_required_parameter")
+    name = body.get("name")
     if not isinstance(name, str) or not NAME.match(name):
-        raise _bad(f"{at}.function.name", f"Invalid value for '{at}.function.name': {json.dumps(name)} does not "
+        raise _bad(f"{at}.{kind}.name", f"Invalid value for '{at}.{kind}.name': {json.dumps(name)} does not "
                    "match '^[a-zA-Z0-9_-]{1,64}$'.")
-    description = fn.get("description") or ""
+    description = body.get("description") or ""
     if not isinstance(description, str):
-        raise _bad(f"{at}.function.description", f"'{at}.function.description' must be a string.", "invalid_type")
+        raise _bad(f"{at}.{kind}.description", f"'{at}.{kind}.description' must be a string.", "invalid_type")
+    return body, name, description
+
+
+def _function_tool(tool: dict[str, Any], at: str) -> Function:
+    fn, name, description = _definition(tool, at, "function")
     schema = normalise(fn.get("parameters"), f"{at}.function.parameters", root_object=True)
     return Function(name, description, schema)
 
@@ -129,16 +135,7 @@ MAX_REGEX = 2000
 
 
 def _custom_tool(tool: dict[str, Any], at: str) -> Function:
-    custom = tool.get("custom")
-    if not isinstance(custom, dict):
-        raise _bad(f"{at}.custom", f"Missing required parameter: '{at}.custom'.", "missing_required_parameter")
-    name = custom.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
-        raise _bad(f"{at}.custom.name", f"Invalid value for '{at}.custom.name': {json.dumps(name)} does not "
-                   "match '^[a-zA-Z0-9_-]{1,64}$'.")
-    description = custom.get("description") or ""
-    if not isinstance(description, str):
-        raise _bad(f"{at}.custom.description", f"'{at}.custom.description' must be a string.", "invalid_type")
+    custom, name, description = _definition(tool, at, "custom")
     fmt = custom.get("format")
     schema: dict[str, Any] = {"type": "string"}
     if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
