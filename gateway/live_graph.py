@@ -14,7 +14,8 @@ from starlette.responses import PlainTextResponse, Response
 from octogate.core.graph import GraphConfig
 from octogate.core.protocol import ChatCompletionRequest, ModelCard, ModelList
 from octogate.core.responses import ChatCompletion, ErrorResponse
-from octogate.core.responses_api import ResponseObject, ResponsesRequest
+from octogate.core.responses_request import ResponsesRequest
+from octogate.core.responses_translate import ResponseObject
 from octogate.gateway.auth import KeyChecker
 from octogate.gateway.conversations import Conversations
 from octogate.gateway.error_handlers import install_error_handlers
@@ -101,7 +102,7 @@ def _openapi(api: FastAPI, models: list[str], api_keys: bool) -> dict[str, Any]:
     components["ErrorResponse"] = error
     components["ErrorBody"]["required"] = ["message", "type", "param", "code"]  # always all four, null or not
     # FastAPI's own component names (module-qualified when two models share a name: core/protocol.py's
-    # and core/responses_api.py's TextFormat), with the int64 bounds its float-typed models lose put back.
+    # and core/responses_request.py's TextFormat), with the int64 bounds its float-typed models lose put back.
     _exact_int64_bounds(components)
     request = components["ChatCompletionRequest"]["properties"]
     if models:

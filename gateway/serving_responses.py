@@ -1,6 +1,6 @@
 """POST /v1/responses: OpenAI's Responses API over the graph, served as raw ASGI like chat completions.
 
-A request is translated into the chat completion of its node (``core/responses_api.py``) and
+A request is translated into the chat completion of its node (``core/responses_translate.py``) and
 answered by the chat path's own machinery (``ChatService.complete_chat`` / ``open_stream``): the
 same auth, rate limits, routing (``model: "octopus"``), persona, node params, fallbacks, backend
 spans and metrics, and the same headers (``x-octogate-node``, ``x-octogate-token`` ...). The answer
@@ -27,17 +27,9 @@ import orjson
 from octogate.adapters.base import Backend
 from octogate.adapters.openai_responses import build_responses_backend
 from octogate.core.errors import OpenAIError, UpstreamError
-from octogate.core.responses_api import (
-    EventWriter,
-    ResponseObject,
-    ResponsesRequest,
-    chat_request,
-    new_id,
-    parse_request,
-    response_of_completion,
-    response_shell,
-    stored_item,
-)
+from octogate.core.responses_events import EventWriter
+from octogate.core.responses_request import ResponsesRequest, new_id, parse_request, stored_item
+from octogate.core.responses_translate import ResponseObject, chat_request, response_of_completion, response_shell
 from octogate.gateway.asgi_io import JSON_HEADERS, SSE_HEADERS, ClientGone, read_body, send_error, send_response
 from octogate.gateway.nodes import Node
 from octogate.gateway.response_store import Responses

@@ -1,0 +1,290 @@
+"""OpenAI's Responses API (``POST /v1/responses``): the request as a client may send it.
+
+``parse_request`` validates a body (a 400 names the exact field, ``input[2].content[0].type``);
+``stored_item`` writes an input item in the form ``input_items`` lists and the store keeps.
+The translation to a chat completion is ``core/responses_translate.py``; the stream of events,
+``core/responses_events.py``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, WithJsonSchema
+
+from octogate.core.errors import OpenAIError, from_validation_error
+from octogate.core.protocol import INT64_MAX, OpenAIBaseModel
+
+# ``include`` values (OpenAI's list, ``Includable`` below): only the logprobs one changes what octogate
+# returns; the others name outputs of OpenAI's hosted tools and reasoning, which octogate never produces.
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+_ITEM_TYPES = "message, function_call, function_call_output"
+
+
+def new_id(prefix: str) -> str:
+    """An OpenAI-style id: ``resp_``, ``msg_``, ``fc_`` ... and 48 hex digits."""
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def _bad(param: str, message: str, code: str = "invalid_value") -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+def _within(param: str, exc: ValidationError) -> OpenAIError:
+    """A pydantic error on a nested object, re-said with its path from the top of the request."""
+    err = from_validation_error(exc)
+    inner = err.param
+    full = f"{param}.{inner}" if inner and not inner.startswith("[") else f"{param}{inner or ''}"
+    message = err.message.replace(f"'{inner}'", f"'{full}'") if inner else err.message
+    return OpenAIError(400, message, param=full, code=err.code)
+
+
+# ---------------------------------------------------------------- request items
+class TextContent(OpenAIBaseModel):
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class InputMessage(OpenAIBaseModel):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[TextContent]
+    id: str | None = None
+    status: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class FunctionCallItem(OpenAIBaseModel):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(OpenAIBaseModel):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[TextContent]
+    id: str | None = None
+    status: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
+
+
+InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
+_ITEM_MODELS: dict[str, type[BaseModel]] = {
+    "message": InputMessage, "function_call": FunctionCallItem, "function_call_output": FunctionCallOutputItem,
+}
+_PART_TYPES = ("input_text", "output_text")
+
+
+def _item(raw: Any, where: str) -> InputItem:
+    if not isinstance(raw, dict):
+        raise _bad(where, f"Invalid value for '{where}': an input item must be an object.", "invalid_type")
+    kind = raw.get("type", "message" if "role" in raw else None)
+    if kind is None:
+        raise _bad(f"{where}.type", f"Missing required parameter: '{where}.type'.", "missing_required_parameter")
+    model = _ITEM_MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise _bad(f"{where}.type", f"Invalid value for '{where}.type': {kind!r} is not supported here; "
+                   f"supported item types: {_ITEM_TYPES}.", "unsupported_value")
+    for field in ("content", "output"):
+        parts = raw.get(field)
+        if isinstance(parts, list):
+            for j, part in enumerate(parts):
+                ptype = part.get("type") if isinstance(part, dict) else None
+                if ptype not in _PART_TYPES:
+                    param = f"{where}.{field}[{j}].type"
+                    raise _bad(param, f"Invalid value for '{param}': {ptype!r} is not supported here; supported "
+                               "content types: input_text, output_text.", "unsupported_value")
+    try:
+        return model.model_validate(raw)  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise _within(where, exc) from None
+
+
+# ---------------------------------------------------------------- tools and formats
+class FunctionTool(OpenAIBaseModel):
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedFunctionChoice(OpenAIBaseModel):
+    type: Literal["function"]
+    name: str = Field(min_length=1)
+
+
+class TextFormat(OpenAIBaseModel):
+    model_config = ConfigDict(json_schema_extra={  # what parse_request checks, for the JSON schema's readers
+        "if": {"properties": {"type": {"const": "json_schema"}}},
+        "then": {"required": ["name", "schema"], "properties": {"name": {"type": "string", "minLength": 1},
+                                                                "schema": {"type": "object"}}},
+    })
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextConfig(OpenAIBaseModel):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+# ---------------------------------------------------------------- the request
+def _schema_of(kind: Any, **extra: Any) -> WithJsonSchema:
+    """What /openapi.json says a field holds: the typed form ``parse_request`` checks it against,
+    written out whole (no references, so it stands wherever the field's schema is put)."""
+    schema = TypeAdapter(kind).json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return WithJsonSchema({**inline(schema), **extra})
+
+
+def _request_schema(schema: dict[str, Any]) -> None:
+    """The cross-field rules of ``parse_request``, said in the JSON schema (/openapi.json)."""
+    schema["allOf"] = [
+        {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+         "then": {"required": ["include"], "properties": {"include": {"type": "array",
+                                                                     "contains": {"const": LOGPROBS_INCLUDE}}}}},
+    ]
+
+
+Includable = Literal[
+    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+    "message.input_image.image_url", "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+    "reasoning.encrypted_content", "message.output_text.logprobs",
+]
+
+
+class ResponsesRequest(OpenAIBaseModel):
+    """``POST /v1/responses``. Items, tools and ``tool_choice`` are checked one by one afterwards
+    (``parse_request``), so that a 400 names the exact field."""
+
+    model_config = ConfigDict(json_schema_extra=_request_schema)
+
+    model: str = Field(min_length=1)
+    input: str | Annotated[list[Any], Field(min_length=1), _schema_of(list[InputItem], minItems=1)]
+    instructions: str | None = None
+    tools: Annotated[list[Any] | None, _schema_of(list[FunctionTool] | None)] = None
+    tool_choice: Annotated[Any, _schema_of(Literal["none", "auto", "required"] | NamedFunctionChoice | None)] = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    store: bool | None = True
+    previous_response_id: str | None = Field(default=None, min_length=1)
+    stream: bool | None = False
+    include: list[Includable] | None = None
+    background: Annotated[bool | None, WithJsonSchema({"anyOf": [{"type": "boolean", "const": False},
+                                                                 {"type": "null"}]})] = None
+
+    # filled by parse_request
+    _items: list[InputItem] = PrivateAttr(default_factory=list)
+    _function_tools: list[FunctionTool] = PrivateAttr(default_factory=list)
+
+    @property
+    def items(self) -> list[InputItem]:
+        return self._items
+
+    @property
+    def function_tools(self) -> list[FunctionTool]:
+        return self._function_tools
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return bool(self.include) and LOGPROBS_INCLUDE in self.include  # type: ignore[operator]
+
+
+def parse_request(data: dict[str, Any]) -> ResponsesRequest:
+    """The validated request, or a 400 naming the first offending field."""
+    try:
+        request = ResponsesRequest.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+    if isinstance(request.input, str):
+        request._items = [InputMessage(role="user", content=request.input)]
+    else:
+        request._items = [_item(raw, f"input[{i}]") for i, raw in enumerate(request.input)]
+    for i, raw in enumerate(request.tools or ()):
+        where = f"tools[{i}]"
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        if kind != "function":
+            raise _bad(f"{where}.type", f"Invalid value for '{where}.type': tool type {kind!r} is not supported by "
+                       "this gateway; only 'function' tools are.", "unsupported_value")
+        try:
+            request.function_tools.append(FunctionTool.model_validate(raw))
+        except ValidationError as exc:
+            raise _within(where, exc) from None
+    choice = request.tool_choice
+    if isinstance(choice, dict):
+        try:
+            NamedFunctionChoice.model_validate(choice)
+        except ValidationError:
+            raise _bad("tool_choice", "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or "
+                       "{'type': 'function', 'name': ...}; other tool choices are not supported here.") from None
+    elif choice is not None and choice not in ("none", "auto", "required"):
+        raise _bad("tool_choice", "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or "
+                   "{'type': 'function', 'name': ...}.")
+    fmt = request.text.format if request.text is not None else None
+    if fmt is not None and fmt.type == "json_schema":
+        if fmt.name is None:
+            raise _bad("text.format.name", "Missing required parameter: 'text.format.name'.", "missing_required_parameter")
+        if fmt.schema_ is None:
+            raise _bad("text.format.schema", "Missing required parameter: 'text.format.schema'.",
+                       "missing_required_parameter")
+    if request.background:
+        raise _bad("background", "Background responses are not supported by this gateway.", "unsupported_parameter")
+    if data.get("conversation") is not None:
+        raise _bad("conversation", "'conversation' is not supported by this gateway; continue a response with "
+                   "'previous_response_id'.", "unsupported_parameter")
+    if request.top_logprobs and not request.wants_logprobs:
+        raise _bad("top_logprobs", f"'top_logprobs' needs include: ['{LOGPROBS_INCLUDE}'].")
+    return request
+
+
+# ---------------------------------------------------------------- stored items
+def stored_item(item: InputItem) -> dict[str, Any]:
+    """An input item as ``input_items`` lists it and as it is stored: with an id, content as parts."""
+    if isinstance(item, InputMessage):
+        part = "output_text" if item.role == "assistant" else "input_text"
+        content = ([{"type": part, "text": item.content}] if isinstance(item.content, str)
+                   else [p.model_dump() for p in item.content])
+        if item.role == "assistant":
+            for p in content:
+                p.setdefault("annotations", [])
+        return {"id": item.id or new_id("msg"), "type": "message", "role": item.role, "content": content,
+                "status": "completed"}
+    if isinstance(item, FunctionCallItem):
+        return {"id": item.id or new_id("fc"), "type": "function_call", "call_id": item.call_id, "name": item.name,
+                "arguments": item.arguments, "status": "completed"}
+    return {"id": item.id or new_id("fco"), "type": "function_call_output", "call_id": item.call_id,
+            "output": item.output if isinstance(item.output, str) else [p.model_dump() for p in item.output],
+            "status": "completed"}
