@@ -2,7 +2,8 @@
 ``response.created``, ``response.in_progress``, per output item ``response.output_item.added``,
 (``response.content_part.added``, ``response.output_text.delta``..., ``response.output_text.done``,
 ``response.content_part.done`` | ``response.function_call_arguments.delta``...,
-``response.function_call_arguments.done``), ``response.output_item.done``, then
+``response.function_call_arguments.done`` | ``response.custom_tool_call_input.delta``...,
+``response.custom_tool_call_input.done``), ``response.output_item.done``, then
 ``response.completed`` (``response.incomplete`` when cut off; ``error`` and ``response.failed``
 when the backend fails after the stream began).
 """
@@ -15,7 +16,8 @@ import orjson
 
 from octogate.core.errors import OpenAIError
 from octogate.core.responses_request import new_id
-from octogate.core.responses_translate import ResponseObject, finish_response, message_item, text_logprobs, usage_of
+from octogate.core.responses_translate import (ResponseObject, call_item, finish_response, message_item, responses_error,
+                                               text_logprobs, usage_of)
 
 
 # ---------------------------------------------------------------- the stream
@@ -97,22 +99,25 @@ class EventWriter:
     def _call(self, call: dict[str, Any]) -> bytes:
         out = b""
         index = call.get("index", 0)
-        fn = call.get("function") or {}
         item = self.calls.get(index)
+        first = item is None
         if item is None:
+            item = call_item(call)
+            if item is None:
+                return b""
             out += self._close()
-            item = self.calls[index] = self.open_item = {
-                "id": new_id("fc"), "type": "function_call", "status": "in_progress",
-                "call_id": call.get("id") or new_id("call"), "name": fn.get("name") or "", "arguments": ""}
+            item[_PIECE[item["type"]]] = ""  # what the first delta carries is added below, as a delta event
+            self.calls[index] = self.open_item = item
             self.response.output.append(item)
             out += self.event("response.output_item.added", output_index=self._index(item), item=_copy(item))
-        elif fn.get("name"):
-            item["name"] += fn["name"]
-        arguments = fn.get("arguments")
-        if arguments:
-            item["arguments"] += arguments
-            out += self.event("response.function_call_arguments.delta", item_id=item["id"],
-                              output_index=self._index(item), delta=arguments)
+        field = _PIECE[item["type"]]
+        body = call.get("custom" if item["type"] == "custom_tool_call" else "function") or {}
+        if not first and body.get("name"):
+            item["name"] += body["name"]
+        piece = body.get(field)
+        if piece:
+            item[field] += piece
+            out += self.event(_DELTA[item["type"]], item_id=item["id"], output_index=self._index(item), delta=piece)
         return out
 
     def _index(self, item: dict[str, Any]) -> int:
@@ -134,6 +139,9 @@ class EventWriter:
                               text=part["text"], logprobs=part.get("logprobs", []))
             out += self.event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
                               part=_copy(part))
+        elif item["type"] == "custom_tool_call":
+            out += self.event("response.custom_tool_call_input.done", item_id=item["id"], output_index=index,
+                              input=item["input"])
         else:
             out += self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                               name=item["name"], arguments=item["arguments"])
@@ -155,12 +163,18 @@ class EventWriter:
 
     def fail(self, error: OpenAIError) -> bytes:
         """The closing events of a stream whose backend failed after it began."""
+        error = responses_error(error)
         response = self.response
         response.status = "failed"
         code = "rate_limit_exceeded" if error.status == 429 else "server_error"
         response.error = {"code": code, "message": error.message}
         return (self.event("error", code=error.code or code, message=error.message, param=error.param)
                 + self.event("response.failed", response=response.model_dump()))
+
+
+_PIECE = {"function_call": "arguments", "custom_tool_call": "input"}  # the field a call's deltas add to
+_DELTA = {"function_call": "response.function_call_arguments.delta",
+          "custom_tool_call": "response.custom_tool_call_input.delta"}
 
 
 def _copy(item: dict[str, Any]) -> dict[str, Any]:

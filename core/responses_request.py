@@ -1,7 +1,9 @@
 """OpenAI's Responses API (``POST /v1/responses``): the request as a client may send it.
 
-``parse_request`` validates a body (a 400 names the exact field, ``input[2].content[0].type``);
-``stored_item`` writes an input item in the form ``input_items`` lists and the store keeps.
+``parse_request`` validates a body (a 400 names the exact field, ``input[2].content[0].type``):
+function and custom tools, ``tool_choice`` (``none``/``auto``/``required``, a named function or custom
+tool, ``allowed_tools``), and the input items octogate can answer; ``stored_item`` writes an input item
+in the form ``input_items`` lists and the store keeps.
 The translation to a chat completion is ``core/responses_translate.py``; the stream of events,
 ``core/responses_events.py``.
 """
@@ -19,7 +21,7 @@ from octogate.core.protocol import INT64_MAX, OpenAIBaseModel
 # ``include`` values (OpenAI's list, ``Includable`` below): only the logprobs one changes what octogate
 # returns; the others name outputs of OpenAI's hosted tools and reasoning, which octogate never produces.
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
-_ITEM_TYPES = "message, function_call, function_call_output"
+_ITEM_TYPES = "message, function_call, function_call_output, custom_tool_call, custom_tool_call_output"
 
 
 def new_id(prefix: str) -> str:
@@ -67,8 +69,9 @@ class FunctionCallItem(OpenAIBaseModel):
     status: str | None = None
 
 
-class FunctionCallOutputItem(OpenAIBaseModel):
-    type: Literal["function_call_output"]
+class _ToolOutput(OpenAIBaseModel):
+    """What a tool call returned, for the call ``call_id``."""
+
     call_id: str = Field(min_length=1)
     output: str | list[TextContent]
     id: str | None = None
@@ -79,9 +82,29 @@ class FunctionCallOutputItem(OpenAIBaseModel):
         return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
 
 
-InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
+class CustomToolCallItem(OpenAIBaseModel):
+    """An earlier call of a custom tool: free-text ``input`` instead of JSON ``arguments``."""
+
+    type: Literal["custom_tool_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    input: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(_ToolOutput):
+    type: Literal["function_call_output"]
+
+
+class CustomToolCallOutputItem(_ToolOutput):
+    type: Literal["custom_tool_call_output"]
+
+
+InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem | CustomToolCallItem | CustomToolCallOutputItem
 _ITEM_MODELS: dict[str, type[BaseModel]] = {
     "message": InputMessage, "function_call": FunctionCallItem, "function_call_output": FunctionCallOutputItem,
+    "custom_tool_call": CustomToolCallItem, "custom_tool_call_output": CustomToolCallOutputItem,
 }
 _PART_TYPES = ("input_text", "output_text")
 
@@ -120,9 +143,63 @@ class FunctionTool(OpenAIBaseModel):
     strict: bool | None = None
 
 
+class CustomTextFormat(OpenAIBaseModel):
+    type: Literal["text"]
+
+
+class CustomGrammarFormat(OpenAIBaseModel):
+    """A grammar the input must match. Whether it can be enforced is the backend's business: a
+    pass-through upstream gets it as sent; octogate's own decoders enforce ``regex`` only."""
+
+    type: Literal["grammar"]
+    syntax: Literal["lark", "regex"]
+    definition: str
+
+
+class CustomTool(OpenAIBaseModel):
+    """A tool called with free text (``input``), under ``format`` when one is given."""
+
+    type: Literal["custom"]
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    format: Annotated[CustomTextFormat | CustomGrammarFormat, Field(discriminator="type")] | None = None
+
+
+Tool = Annotated[FunctionTool | CustomTool, Field(discriminator="type")]
+_TOOL_MODELS: dict[str, type[BaseModel]] = {"function": FunctionTool, "custom": CustomTool}
+
+
 class NamedFunctionChoice(OpenAIBaseModel):
     type: Literal["function"]
     name: str = Field(min_length=1)
+
+
+class NamedCustomChoice(OpenAIBaseModel):
+    type: Literal["custom"]
+    name: str = Field(min_length=1)
+
+
+class ToolReference(OpenAIBaseModel):
+    """One tool of ``allowed_tools``: a function or custom tool of ``tools``, by name."""
+
+    type: Literal["function", "custom"]
+    name: str = Field(min_length=1)
+
+
+class AllowedToolsChoice(OpenAIBaseModel):
+    """Only the listed tools may be called, in ``mode`` (``auto``: or answer in text; ``required``)."""
+
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[ToolReference] = Field(min_length=1)
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedFunctionChoice | NamedCustomChoice | AllowedToolsChoice
+_CHOICE_MODELS: dict[str, type[BaseModel]] = {
+    "function": NamedFunctionChoice, "custom": NamedCustomChoice, "allowed_tools": AllowedToolsChoice,
+}
+_CHOICES = ("'none', 'auto', 'required', {'type': 'function', 'name': ...}, {'type': 'custom', 'name': ...} or "
+            "{'type': 'allowed_tools', 'mode': ..., 'tools': [...]}")
 
 
 class TextFormat(OpenAIBaseModel):
@@ -189,8 +266,8 @@ class ResponsesRequest(OpenAIBaseModel):
     model: str = Field(min_length=1)
     input: str | Annotated[list[Any], Field(min_length=1), _schema_of(list[InputItem], minItems=1)]
     instructions: str | None = None
-    tools: Annotated[list[Any] | None, _schema_of(list[FunctionTool] | None)] = None
-    tool_choice: Annotated[Any, _schema_of(Literal["none", "auto", "required"] | NamedFunctionChoice | None)] = None
+    tools: Annotated[list[Any] | None, _schema_of(list[Tool] | None)] = None
+    tool_choice: Annotated[Any, _schema_of(ToolChoice | None)] = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
     max_output_tokens: int | None = Field(default=None, ge=1, le=INT64_MAX)
@@ -208,15 +285,26 @@ class ResponsesRequest(OpenAIBaseModel):
 
     # filled by parse_request
     _items: list[InputItem] = PrivateAttr(default_factory=list)
-    _function_tools: list[FunctionTool] = PrivateAttr(default_factory=list)
+    _tools: list[FunctionTool | CustomTool] = PrivateAttr(default_factory=list)
+    _choice: str | BaseModel | None = PrivateAttr(default=None)
 
     @property
     def items(self) -> list[InputItem]:
         return self._items
 
     @property
+    def declared_tools(self) -> list[FunctionTool | CustomTool]:
+        """``tools``, checked, in the order sent (a chat tool's index is the same)."""
+        return self._tools
+
+    @property
     def function_tools(self) -> list[FunctionTool]:
-        return self._function_tools
+        return [t for t in self._tools if isinstance(t, FunctionTool)]
+
+    @property
+    def choice(self) -> str | NamedFunctionChoice | NamedCustomChoice | AllowedToolsChoice | None:
+        """``tool_choice``, checked (``None`` when not sent)."""
+        return self._choice  # type: ignore[return-value]
 
     @property
     def wants_logprobs(self) -> bool:
@@ -233,26 +321,8 @@ def parse_request(data: dict[str, Any]) -> ResponsesRequest:
         request._items = [InputMessage(role="user", content=request.input)]
     else:
         request._items = [_item(raw, f"input[{i}]") for i, raw in enumerate(request.input)]
-    for i, raw in enumerate(request.tools or ()):
-        where = f"tools[{i}]"
-        kind = raw.get("type") if isinstance(raw, dict) else None
-        if kind != "function":
-            raise _bad(f"{where}.type", f"Invalid value for '{where}.type': tool type {kind!r} is not supported by "
-                       "this gateway; only 'function' tools are.", "unsupported_value")
-        try:
-            request.function_tools.append(FunctionTool.model_validate(raw))
-        except ValidationError as exc:
-            raise _within(where, exc) from None
-    choice = request.tool_choice
-    if isinstance(choice, dict):
-        try:
-            NamedFunctionChoice.model_validate(choice)
-        except ValidationError:
-            raise _bad("tool_choice", "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or "
-                       "{'type': 'function', 'name': ...}; other tool choices are not supported here.") from None
-    elif choice is not None and choice not in ("none", "auto", "required"):
-        raise _bad("tool_choice", "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or "
-                   "{'type': 'function', 'name': ...}.")
+    request._tools = [_tool(raw, f"tools[{i}]") for i, raw in enumerate(request.tools or ())]
+    request._choice = _tool_choice(request.tool_choice, request._tools)
     fmt = request.text.format if request.text is not None else None
     if fmt is not None and fmt.type == "json_schema":
         if fmt.name is None:
@@ -270,6 +340,41 @@ def parse_request(data: dict[str, Any]) -> ResponsesRequest:
     return request
 
 
+def _tool(raw: Any, where: str) -> FunctionTool | CustomTool:
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    model = _TOOL_MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise _bad(f"{where}.type", f"Invalid value for '{where}.type': tool type {kind!r} is not supported by "
+                   "this gateway; only 'function' and 'custom' tools are.", "unsupported_value")
+    try:
+        return model.model_validate(raw)  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise _within(where, exc) from None
+
+
+def _tool_choice(choice: Any, tools: list[FunctionTool | CustomTool]) -> str | BaseModel | None:
+    """The checked ``tool_choice``; a named or allowed tool must be one of ``tools`` (OpenAI's rule too)."""
+    if choice is None or choice in ("none", "auto", "required"):
+        return choice
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    model = _CHOICE_MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise _bad("tool_choice", f"Invalid value for 'tool_choice': expected {_CHOICES}; other tool choices are "
+                   "not supported here.")
+    try:
+        checked = model.model_validate(choice)
+    except ValidationError as exc:
+        raise _within("tool_choice", exc) from None
+    declared = {(t.type, t.name) for t in tools}
+    refs = [("tool_choice", checked)] if not isinstance(checked, AllowedToolsChoice) else [
+        (f"tool_choice.tools[{j}]", ref) for j, ref in enumerate(checked.tools)]
+    for where, ref in refs:
+        if (ref.type, ref.name) not in declared:  # type: ignore[attr-defined]
+            raise _bad(where, f"Invalid value for '{where}': no {ref.type} tool named "  # type: ignore[attr-defined]
+                       f"{ref.name!r} is in 'tools'.")  # type: ignore[attr-defined]
+    return checked
+
+
 # ---------------------------------------------------------------- stored items
 def stored_item(item: InputItem) -> dict[str, Any]:
     """An input item as ``input_items`` lists it and as it is stored: with an id, content as parts."""
@@ -285,6 +390,10 @@ def stored_item(item: InputItem) -> dict[str, Any]:
     if isinstance(item, FunctionCallItem):
         return {"id": item.id or new_id("fc"), "type": "function_call", "call_id": item.call_id, "name": item.name,
                 "arguments": item.arguments, "status": "completed"}
-    return {"id": item.id or new_id("fco"), "type": "function_call_output", "call_id": item.call_id,
+    if isinstance(item, CustomToolCallItem):
+        return {"id": item.id or new_id("ctc"), "type": "custom_tool_call", "call_id": item.call_id,
+                "name": item.name, "input": item.input, "status": "completed"}
+    custom = isinstance(item, CustomToolCallOutputItem)
+    return {"id": item.id or new_id("ctco" if custom else "fco"), "type": item.type, "call_id": item.call_id,
             "output": item.output if isinstance(item.output, str) else [p.model_dump() for p in item.output],
             "status": "completed"}

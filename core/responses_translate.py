@@ -5,18 +5,22 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from octogate.core.responses_request import ResponsesRequest, new_id
+from octogate.core.errors import OpenAIError
+from octogate.core.responses_request import (AllowedToolsChoice, CustomGrammarFormat, CustomTool, FunctionTool,
+                                             NamedCustomChoice, NamedFunctionChoice, ResponsesRequest, new_id)
 
 
 # ---------------------------------------------------------------- to a chat completion
 def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Stored-form items (``stored_item``, or output items of a response) as chat messages: a message
-    is one message; function calls join the assistant message before them; an output is a tool message."""
+    is one message; function and custom tool calls join the assistant message before them; an output
+    is a tool message."""
     messages: list[dict[str, Any]] = []
     for item in items:
         kind = item.get("type")
@@ -25,20 +29,51 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
             messages.append({"role": item["role"], "content": text})
         elif kind == "function_call":
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":
-                last.setdefault("tool_calls", []).append(call)
-                if not last.get("content"):
-                    last["content"] = None
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
+            _join_call(messages, {"id": item["call_id"], "type": "function",
+                                  "function": {"name": item["name"], "arguments": item["arguments"]}})
+        elif kind == "custom_tool_call":
+            _join_call(messages, {"id": item["call_id"], "type": "custom",
+                                  "custom": {"name": item["name"], "input": item["input"]}})
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item["output"]
             text = output if isinstance(output, str) else "".join(p.get("text", "") for p in output)
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
     return messages
+
+
+def _join_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
+    last = messages[-1] if messages else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+        if not last.get("content"):
+            last["content"] = None
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def chat_tool(tool: FunctionTool | CustomTool) -> dict[str, Any]:
+    """A Responses tool as chat completions writes it: its definition under ``function`` or ``custom``."""
+    if isinstance(tool, FunctionTool):
+        return {"type": "function", "function": tool.model_dump(exclude={"type"}, exclude_none=True)}
+    custom: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        custom["description"] = tool.description
+    if isinstance(tool.format, CustomGrammarFormat):
+        custom["format"] = {"type": "grammar", "grammar": {"syntax": tool.format.syntax,
+                                                          "definition": tool.format.definition}}
+    elif tool.format is not None:
+        custom["format"] = {"type": "text"}
+    return {"type": "custom", "custom": custom}
+
+
+def chat_tool_choice(choice: Any) -> Any:
+    """A checked ``tool_choice`` (``ResponsesRequest.choice``) as chat completions writes it."""
+    if isinstance(choice, AllowedToolsChoice):
+        return {"type": "allowed_tools", "allowed_tools": {
+            "mode": choice.mode, "tools": [{"type": ref.type, ref.type: {"name": ref.name}} for ref in choice.tools]}}
+    if isinstance(choice, (NamedFunctionChoice, NamedCustomChoice)):
+        return {"type": choice.type, choice.type: {"name": choice.name}}
+    return choice
 
 
 def chat_request(request: ResponsesRequest, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -57,14 +92,10 @@ def chat_request(request: ResponsesRequest, items: list[dict[str, Any]]) -> dict
             chat[name] = value
     if request.max_output_tokens is not None:
         chat["max_tokens"] = request.max_output_tokens
-    if request.function_tools:
-        chat["tools"] = [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
-                         for t in request.function_tools]
-    choice = request.tool_choice
-    if isinstance(choice, dict):
-        chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
-    elif choice is not None:
-        chat["tool_choice"] = choice
+    if request.declared_tools:
+        chat["tools"] = [chat_tool(t) for t in request.declared_tools]
+    if request.choice is not None:
+        chat["tool_choice"] = chat_tool_choice(request.choice)
     fmt = request.text.format if request.text is not None else None
     if fmt is not None and fmt.type == "json_object":
         chat["response_format"] = {"type": "json_object"}
@@ -76,6 +107,42 @@ def chat_request(request: ResponsesRequest, items: list[dict[str, Any]]) -> dict
         if request.top_logprobs:
             chat["top_logprobs"] = request.top_logprobs
     return chat
+
+
+# ---------------------------------------------------------------- errors of the chat completion
+# A chat-completion field named by an error -> the request field of the Responses body it came from.
+_PARAMS = [
+    (re.compile(r"^tools\[(\d+)\]\.custom\.format\.grammar(?=\.|$)"), r"tools[\1].format"),
+    (re.compile(r"^tools\[(\d+)\]\.(?:custom|function)(?:\.|$)"), r"tools[\1]."),
+    (re.compile(r"^tool_choice\.allowed_tools\.tools\[(\d+)\]\.(?:custom|function)(?:\.|$)"), r"tool_choice.tools[\1]."),
+    (re.compile(r"^tool_choice\.allowed_tools(?:\.|$)"), "tool_choice."),
+    (re.compile(r"^tool_choice\.(?:custom|function)(?:\.|$)"), "tool_choice."),
+    (re.compile(r"^(?:max_tokens|max_completion_tokens)$"), "max_output_tokens"),
+    (re.compile(r"^response_format\.json_schema(?=\.|$)"), "text.format"),
+    (re.compile(r"^response_format(?=\.|$)"), "text.format"),
+    (re.compile(r"^messages(?:\[.*)?$"), "input"),  # a chat message may be instructions, a persona or context
+]
+
+
+def responses_param(param: str) -> str:
+    """The Responses field for a chat-completion field (unchanged when it already is one):
+    ``tools[1].custom.format.grammar.syntax`` -> ``tools[1].format.syntax``."""
+    for pattern, replacement in _PARAMS:
+        if pattern.search(param):
+            return pattern.sub(replacement, param, count=1).rstrip(".")
+    return param
+
+
+def responses_error(error: OpenAIError) -> OpenAIError:
+    """An error of the chat completion that answers a Responses request, naming the Responses field."""
+    param = error.param
+    if not param:
+        return error
+    mapped = responses_param(param)
+    if mapped == param:
+        return error
+    message = error.message.replace(f"'{param}'", f"'{mapped}'")
+    return OpenAIError(error.status, message, type=error.type, param=mapped, code=error.code, headers=error.headers)
 
 
 # ---------------------------------------------------------------- the response object
@@ -141,7 +208,7 @@ def response_shell(request: ResponsesRequest, response_id: str, store: bool) -> 
         store=store, temperature=request.temperature if request.temperature is not None else 1.0,
         top_p=request.top_p if request.top_p is not None else 1.0, text=text,
         tool_choice=request.tool_choice if request.tool_choice is not None else "auto",
-        tools=[t.model_dump(exclude_none=True) for t in request.function_tools], top_logprobs=request.top_logprobs or 0,
+        tools=[t.model_dump(exclude_none=True) for t in request.declared_tools], top_logprobs=request.top_logprobs or 0,
         user=request.user, metadata=request.metadata or {},
     )
 
@@ -182,6 +249,22 @@ def message_item(text: str, logprobs: list[dict[str, Any]] | None, status: str =
             "content": [part]}
 
 
+def call_item(call: dict[str, Any]) -> dict[str, Any] | None:
+    """A chat tool call (whole, or a stream's first delta of it) as a ``function_call`` or
+    ``custom_tool_call`` output item, ``in_progress``; ``None`` when it is neither."""
+    custom = call.get("custom")
+    if isinstance(custom, dict) and call.get("type") in ("custom", None):
+        return {"id": new_id("ctc"), "type": "custom_tool_call", "status": "in_progress",
+                "call_id": str(call.get("id") or new_id("call")), "name": str(custom.get("name") or ""),
+                "input": str(custom.get("input") or "")}
+    fn = call.get("function")
+    if isinstance(fn, dict):
+        return {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
+                "call_id": str(call.get("id") or new_id("call")), "name": str(fn.get("name") or ""),
+                "arguments": str(fn.get("arguments") or "")}
+    return None
+
+
 def response_of_completion(shell: ResponseObject, completion: dict[str, Any], logprobs: bool) -> ResponseObject:
     """The finished response of a chat completion (its first choice); ``shell`` is completed in place.
     Parts of an upstream's answer that are not what the protocol says are left out, never a 500."""
@@ -194,12 +277,10 @@ def response_of_completion(shell: ResponseObject, completion: dict[str, Any], lo
     if isinstance(content, str) and (content or not calls):
         response.output.append(message_item(content, text_logprobs(choice.get("logprobs")) if logprobs else None))
     for call in calls:
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict):
-            continue
-        response.output.append({"id": new_id("fc"), "type": "function_call", "status": "completed",
-                                "call_id": str(call.get("id") or new_id("call")), "name": str(fn.get("name") or ""),
-                                "arguments": str(fn.get("arguments") or "")})
+        item = call_item(call) if isinstance(call, dict) else None
+        if item is not None:
+            item["status"] = "completed"
+            response.output.append(item)
     response.usage = usage_of(completion.get("usage") if isinstance(completion, dict) else None)
     reason = choice.get("finish_reason")
     finish_response(response, reason if isinstance(reason, str) else None)

@@ -29,7 +29,8 @@ from octogate.adapters.openai_responses import build_responses_backend
 from octogate.core.errors import OpenAIError, UpstreamError
 from octogate.core.responses_events import EventWriter
 from octogate.core.responses_request import ResponsesRequest, new_id, parse_request, stored_item
-from octogate.core.responses_translate import ResponseObject, chat_request, response_of_completion, response_shell
+from octogate.core.responses_translate import (ResponseObject, chat_request, response_of_completion, response_shell,
+                                               responses_error)
 from octogate.gateway.asgi_io import JSON_HEADERS, SSE_HEADERS, ClientGone, read_body, send_error, send_response
 from octogate.gateway.nodes import Node
 from octogate.gateway.response_store import Responses
@@ -128,7 +129,7 @@ class ResponsesService:
             node_name = answered.name
         except OpenAIError as err:
             status = err.status
-            await send_error(send, err, headers_extra)
+            await send_error(send, responses_error(err), headers_extra)  # a chat field named as the request's
         except ClientGone:
             status = 499
         except Exception:
