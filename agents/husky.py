@@ -23,7 +23,9 @@ An expert or executor that fails records ``Error: ...`` as the step's output and
 an action generator that fails ends the loop, and the answer is written from what there is. After
 ``max_steps`` steps without ``[finish]`` the answer is written from what there is and the finish
 reason is ``length``. Each step is reported to ``on_event`` as Husky's own history lines
-(``Step: [code] ...`` then ``Output: ...``; ``Step: [finish]`` last) before the answer.
+(``Step: [code] ...`` then ``Output: ...``; ``Step: [finish]`` last) before the answer; between a
+step's two lines, a ``code`` step reports the code it runs (kind ``code``) and a ``search`` step its
+query (kind ``search``), for sinks that show them apart (the Responses API's tool-call items).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Decider(Protocol):
 
 
 SpanFactory = Callable[[str, dict[str, Any]], AbstractContextManager[Any]]
-EventSink = Callable[[str, str], Awaitable[None]]  # ("reasoning" | "content", text)
+EventSink = Callable[[str, str], Awaitable[None]]  # ("reasoning" | "code" | "search" | "content", text)
 
 
 @dataclass
@@ -128,14 +130,17 @@ class Husky:
         return [{"role": "user", "content": f"Task: {task}\nSolution so far:\n{so_far}\n\n{instruction}\n"
                                             f"Sub-task: {subtask}"}]
 
-    async def _expert(self, tool: str, task: str, steps: list[Step], subtask: str) -> str:
+    async def _expert(self, tool: str, task: str, steps: list[Step], subtask: str,
+                      emit: EventSink | None = None) -> str:
         e, n = self.cfg.experts, self.cfg.expert_max_tokens
+        emit = emit or _ignore
         if tool == "code":
             with self._span("octogate.agent.expert", {"octogate.agent.tool": tool, "octogate.node": e.code}):
                 text = await self.ask(e.code, self._messages(
                     "Write a short Python program that solves the sub-task and prints the result. "
                     "Answer with the code only, in a ```python block.", task, steps, subtask), n)
             code = extract_code(text)
+            await emit("code", code)
             with self._span("octogate.agent.execute", {"octogate.agent.executor": getattr(self.executor, "isolation", "")}):
                 result = await self.executor.run(code)
             return result.output
@@ -145,6 +150,7 @@ class Husky:
                     "Write one short web search query for the sub-task. Answer with the query only.",
                     task, steps, subtask), 32)
             query = _first_line(text) or subtask or task
+            await emit("search", query)
             with self._span("octogate.agent.search", {"octogate.agent.search_query": query[:200]}):
                 return await self.search.search(query)
         node = e.math if tool == "math" else e.commonsense
@@ -195,7 +201,7 @@ class Husky:
                 subtask = task              # gives the expert the task itself (it sees the history too)
             await say(step_line(tool, subtask))
             try:
-                output = await self._expert(tool, task, steps, subtask)
+                output = await self._expert(tool, task, steps, subtask, emit)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # an expert that fails: its error is the step's output

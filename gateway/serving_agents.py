@@ -141,8 +141,8 @@ class AgentService:
                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
         async def on_event(kind: str, text: str) -> None:
-            key = "reasoning_content" if kind == "reasoning" else "content"
-            await queue.put(chunk({key: text}))
+            if kind in ("reasoning", "content"):  # a step's code and query are in its reasoning lines already
+                await queue.put(chunk({"reasoning_content" if kind == "reasoning" else "content": text}))
 
         async def work() -> AgentResult:
             try:
