@@ -4,12 +4,16 @@ and to the embedded default; prints the figures (bodies sent, accepted, refused 
 response schema violations, changed pass-through fields, failures) as JSON.
 
     .venv/bin/python bench/conformance.py --loopback 640 --embedded 100 --seed 25
+
+``--spec FILE`` draws and judges with another chat extract instead of the kept one, e.g. one built
+from a newer copy of OpenAI's document (``python -m tests.conformance.build_spec openapi.yaml --out DIR``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -21,6 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+if "--spec" in sys.argv[:-1]:  # read by tests/conformance/spec.py when it is imported, just below
+    os.environ["OCTOGATE_CONFORMANCE_SPEC"] = str(Path(sys.argv[sys.argv.index("--spec") + 1]).resolve())
 
 from tests.conformance.corpus import Tally, corpus, judge  # noqa: E402
 from tests.conformance.upstream import SpecUpstream  # noqa: E402
@@ -66,8 +72,10 @@ def main() -> None:
     parser.add_argument("--loopback", type=int, default=640, help="bodies for the pass-through node")
     parser.add_argument("--embedded", type=int, default=100, help="bodies for the embedded default")
     parser.add_argument("--seed", type=int, default=25)
+    parser.add_argument("--spec", help="a chat extract to draw and judge with (default: tests/conformance/'s)")
     args = parser.parse_args()
-    out = {}
+    out: dict = {"spec": json.loads(Path(os.environ.get("OCTOGATE_CONFORMANCE_SPEC") or
+                                        REPO / "tests/conformance/openai-chat.schemas.json").read_text())["source"]}
     with tempfile.TemporaryDirectory() as tmp:
         for name, count, run in (("passthrough", args.loopback, run_loopback), ("embedded", args.embedded, run_embedded)):
             if count:

