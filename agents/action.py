@@ -10,7 +10,8 @@ state scored against the trained tool rows, one forward pass, so it is always a 
 unless it is ``finish``, the sub-task is generated greedily under the protocol's argument GBNF
 (``RouterGrammar.argument_gbnf``), so every step parses. ``finish`` is not offered before the first
 step. The prompt (system prompt and chat template) is the one the artifact was trained under,
-read from its ``router.json``.
+read from its ``router.json``. ``action: {engine: sglang}`` asks an SGLang server serving the same
+model instead (``action_sglang.py``).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class ActionGenerator:
             return tool, (parse_router_output(answer, self.grammar, "select+reformat").argument or "").strip()
         except RouterOutputError as exc:
             if finish == "length":  # cut off mid-argument: keep what was written (unescaped as far as it goes)
-                return tool, _partial_argument(written).strip()
+                return tool, partial_argument(written).strip()
             raise ActionError(f"the action generator wrote an unparseable step: {exc}") from None
 
     async def decide(self, task: str, history: list[Step]) -> tuple[str, str]:
@@ -162,6 +163,12 @@ class ActionGenerator:
         except Exception as exc:
             raise ActionError(f"the action generator failed: {type(exc).__name__}: {exc}") from None
 
+    async def check_ready(self) -> str:
+        """``ok (<artifact>)`` once loaded; an ``ActionError`` before."""
+        if self._thread is None or self.selector.llm is None:
+            raise ActionError("the action generator is not loaded")
+        return f"ok ({self.path.name})"
+
     def scores(self, task: str, history: list[Step]) -> dict[str, float]:
         """Each tool's score (blocking; for evaluation)."""
         tokens = list(ACTION_TOKENS)
@@ -170,7 +177,8 @@ class ActionGenerator:
         return {ACTION_TOKENS[t]: float(s) for t, s in zip(tokens, scores)}
 
 
-def _partial_argument(text: str) -> str:
+def partial_argument(text: str) -> str:
+    """The longest prefix of an argument cut off before its closing quote, unescaped."""
     for end in range(len(text), 0, -1):
         try:
             from octogate.router_model.protocol import _read_argument

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from octogate.core.cli_output import err_console, fail, out_console
 from octogate.router_model.cli import report_training
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from octogate.core.agent_config import ActionGeneratorConfig
 
 agent_cli = typer.Typer(no_args_is_help=True, help="Agents served as models (Husky).")
 REPO_DATA = Path("data/agent")
@@ -120,8 +125,7 @@ def eval_command(
 
     from rich.table import Table
 
-    from octogate.agents.action import ActionGenerator
-    from octogate.agents.evaluation import end_to_end, mean, percentile, tool_accuracy
+    from octogate.agents.evaluation import end_to_end, mean, percentile
     from octogate.core.graph import default_config_path
     from octogate.core.jsonl import read_jsonl
     from octogate.router_model.cli import load_graph_or_exit
@@ -132,28 +136,13 @@ def eval_command(
     if tasks is not None and url is None:
         fail("--tasks needs --url: the end-to-end comparison asks a running gateway")
     console = out_console()
-    try:
-        rows = _sample(read_jsonl(data, dict, "an action line"), limit, seed)
-    except (OSError, ValueError) as exc:
-        fail(exc)
-    generator = ActionGenerator(graph.agents[agent].action)
-    generator._load()  # blocking, on this thread: evaluation only
-    try:
-        report = tool_accuracy(generator, rows)
-    finally:
-        generator.selector.close()
-    console.print(f"action generator {generator.path.name}: {len(rows)} decisions from {data}")
-    console.print(f"first-step tool accuracy {report.accuracy(report.first):.1%} ({len(report.first)} tasks); "
-                  f"step-by-step tool accuracy {report.accuracy(report.every):.1%} ({len(report.every)} steps); "
-                  f"decision p50 {percentile(report.seconds, 50) * 1000:.0f} ms")
-    table = Table(title="per tool (step by step)")
-    for column in ("tool", "accuracy", "support"):
-        table.add_column(column)
-    for tool, (acc, n) in report.per_tool().items():
-        table.add_row(tool, f"{acc:.1%}", str(n))
-    console.print(table)
-    if report.confusions():
-        console.print("costliest confusions: " + ", ".join(f"{g} -> {p} ({n})" for g, p, n in report.confusions()))
+    if graph.agents[agent].action.engine == "embedded":
+        _tool_accuracy(graph.agents[agent].action, data, limit, seed, console)
+    elif tasks is None:
+        fail(f"agent {agent!r} asks an SGLang server: tool accuracy scores the embedded action generator only "
+             "(use a graph with action: {engine: embedded, path: ...}); --tasks with --url compares end to end")
+    else:
+        console.print(f"agent {agent!r} asks an SGLang server: tool accuracy skipped (embedded engine only)")
     if tasks is None:
         return
     try:
@@ -178,6 +167,38 @@ def eval_command(
         console.print(f"{r.model}: latency p50 {percentile(r.seconds, 50):.1f} s, p95 {percentile(r.seconds, 95):.1f} s; "
                       f"errors {r.errors}" + (f"; steps per task {mean(r.steps):.2f}; finish reasons "
                                               f"{dict(r.finish)}" if r.steps else ""))
+
+
+def _tool_accuracy(cfg: ActionGeneratorConfig, data: Path, limit: int | None, seed: int, console: Console) -> None:
+    """The embedded action generator's tool accuracy on action lines, printed."""
+    from rich.table import Table
+
+    from octogate.agents.action import ActionGenerator
+    from octogate.agents.evaluation import percentile, tool_accuracy
+    from octogate.core.jsonl import read_jsonl
+
+    try:
+        rows = _sample(read_jsonl(data, dict, "an action line"), limit, seed)
+    except (OSError, ValueError) as exc:
+        fail(exc)
+    generator = ActionGenerator(cfg)
+    generator._load()  # blocking, on this thread: evaluation only
+    try:
+        report = tool_accuracy(generator, rows)
+    finally:
+        generator.selector.close()
+    console.print(f"action generator {generator.path.name}: {len(rows)} decisions from {data}")
+    console.print(f"first-step tool accuracy {report.accuracy(report.first):.1%} ({len(report.first)} tasks); "
+                  f"step-by-step tool accuracy {report.accuracy(report.every):.1%} ({len(report.every)} steps); "
+                  f"decision p50 {percentile(report.seconds, 50) * 1000:.0f} ms")
+    table = Table(title="per tool (step by step)")
+    for column in ("tool", "accuracy", "support"):
+        table.add_column(column)
+    for tool, (acc, n) in report.per_tool().items():
+        table.add_row(tool, f"{acc:.1%}", str(n))
+    console.print(table)
+    if report.confusions():
+        console.print("costliest confusions: " + ", ".join(f"{g} -> {p} ({n})" for g, p, n in report.confusions()))
 
 
 def _spread(tasks: list, n: int | None, seed: int) -> list:

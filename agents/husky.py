@@ -31,6 +31,7 @@ query (kind ``search``), for sinks that show them apart (the Responses API's too
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -41,7 +42,9 @@ from typing import Any, Protocol
 from octogate.agents.action import ActionError, ActionGenerator, Step, step_line
 from octogate.agents.sandbox import build_executor
 from octogate.agents.search import build_search
-from octogate.core.agent_config import AgentConfig
+from octogate.core.agent_config import ActionGeneratorConfig, AgentConfig
+
+log = logging.getLogger("octogate")
 
 
 class Ask(Protocol):
@@ -51,6 +54,15 @@ class Ask(Protocol):
 
 class Decider(Protocol):
     async def decide(self, task: str, history: list[Step]) -> tuple[str, str]: ...
+
+
+def build_action_generator(cfg: ActionGeneratorConfig) -> Decider:
+    """The action generator ``cfg`` names: llama.cpp in process, or a client of an SGLang server."""
+    if cfg.engine == "sglang":
+        from octogate.agents.action_sglang import SGLangActionGenerator
+
+        return SGLangActionGenerator(cfg)
+    return ActionGenerator(cfg)
 
 
 SpanFactory = Callable[[str, dict[str, Any]], AbstractContextManager[Any]]
@@ -99,7 +111,7 @@ class Husky:
         self.name = name
         self.cfg = cfg
         self.ask = ask
-        self.action = action if action is not None else ActionGenerator(cfg.action)
+        self.action = action if action is not None else build_action_generator(cfg.action)
         self.search = search if search is not None else build_search(cfg.search)
         self.executor = executor if executor is not None else build_executor(cfg.executor)
         self._span = span or (lambda name, attrs: nullcontext())
@@ -117,6 +129,21 @@ class Husky:
         start = getattr(self.action, "start", None)
         if start is not None:
             await start()
+        if self.cfg.action.engine == "sglang":
+            # A server still starting is not fatal (its decisions fail until it is up, and each
+            # request is then answered from what there is): said once here, and by check_ready.
+            status = await self.check_ready()
+            (log.info if status.startswith("ok") else log.warning)("agent %s: action generator %s", self.name, status)
+
+    async def check_ready(self) -> str:
+        """The action generator's state: ``ok (...)``, or ``unavailable (why)``."""
+        check = getattr(self.action, "check_ready", None)
+        if check is None:
+            return "ok"
+        try:
+            return await check()
+        except ActionError as exc:
+            return f"unavailable ({exc})"
 
     async def aclose(self) -> None:
         for part in (self.action, self.search):

@@ -4,7 +4,8 @@
 
     agents:
       husky:
-        action: {engine: embedded}            # the shipped action generator (agents/trained/husky-action)
+        action: {engine: embedded}            # the shipped action generator (agents/trained/husky-action),
+                                              # or {engine: sglang, base_url: env:HUSKY_ACTION_URL}
         experts: {code: general, math: general, search: general, commonsense: general}
         search: {kind: local}                 # or {kind: searxng, url: http://searxng:8080}
         executor: {kind: local}               # or {kind: http, url: http://sandbox:8080/run}
@@ -18,21 +19,42 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from octogate.core.config_base import StrictModel
+from octogate.core.config_base import PathError, StrictModel
 
 TOOLS = ("code", "math", "search", "commonsense", "finish")
 
 
 class ActionGeneratorConfig(StrictModel):
-    """The functional-token model that picks each step's tool and writes its sub-task."""
+    """The functional-token model that picks each step's tool and writes its sub-task: in process on
+    the CPU, or on an SGLang server (asked like a router's, ``agents/action_sglang.py``)."""
 
-    engine: Literal["embedded"] = Field(default="embedded", description="llama.cpp in this process (the only engine so far)")
-    path: str | None = Field(default=None, description="a trained action generator (default: the shipped one)")
-    threads: int | None = Field(default=None, ge=1)
+    engine: Literal["embedded", "sglang"] = Field(
+        default="embedded", description="embedded: llama.cpp in this process; sglang: an SGLang server")
+    path: str | None = Field(default=None, description="embedded: a trained action generator (default: the shipped one)")
+    threads: int | None = Field(default=None, ge=1, description="embedded: llama.cpp threads")
+    base_url: str | None = Field(default=None, description="sglang: the server, e.g. http://husky-action:30000; "
+                                 "env:NAME allowed")
+    api_key: str | None = Field(default=None, description="sglang: sent as a bearer token; env:NAME allowed")
+    prompt_template: Literal["chatml", "phi3"] = Field(
+        default="chatml", description="sglang: the chat markers the served model was trained with (chatml here)")
     max_subtask_tokens: int = Field(default=48, ge=4, le=256)
     timeout: float = Field(default=20.0, gt=0, description="seconds for one decision (token and sub-task)")
+
+    @model_validator(mode="after")
+    def _engine_settings(self) -> ActionGeneratorConfig:
+        if self.engine == "sglang":
+            if not self.base_url:
+                raise PathError(("base_url",), "engine 'sglang' needs base_url (the SGLang server)")
+            for key in ("path", "threads"):
+                if key in self.model_fields_set:
+                    raise PathError((key,), f"{key} is for engine 'embedded'; an SGLang server loads its own model")
+        else:
+            for key in ("base_url", "api_key", "prompt_template"):
+                if key in self.model_fields_set:
+                    raise PathError((key,), f"{key} is for engine 'sglang'; the embedded engine runs in process")
+        return self
 
 
 class ExpertsConfig(StrictModel):

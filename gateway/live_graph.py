@@ -231,10 +231,13 @@ class LiveGraph:
             if router is not None:
                 # A router that is down sends requests to the fallback node: degraded, still serving.
                 body["router"] = await router.check_ready()
+            if nodes.agents:  # an agent whose action generator is down still answers: degraded
+                body["agents"] = {name: await agent.check_ready() for name, agent in nodes.agents.agents.items()}
             if limits.enabled:
                 body["rate_limits"] = limits.status  # "degraded": Redis is down and limits fail open
             degraded = (failing or history == "degraded" or limits.status == "degraded"
-                        or (router is not None and not body["router"].startswith("ok")))
+                        or (router is not None and not body["router"].startswith("ok"))
+                        or any(not status.startswith("ok") for status in body.get("agents", {}).values()))
             if not serving:
                 body["status"] = "unready"
             elif degraded:

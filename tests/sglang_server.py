@@ -1,7 +1,7 @@
 """A protocol double of an SGLang server on loopback: its native ``/generate``, ``/health`` and
 ``/get_model_info``, with no model behind them.
 
-It exists to test the router's SGLang client without a GPU. It speaks the request and response
+It exists to test the SGLang clients (the router's, Husky's action generator's) without a GPU. It speaks the request and response
 shapes of SGLang's documented native API (docs/basic_usage/sampling_params.md and native_api.ipynb
 in sgl-project/sglang): ``{"text", "sampling_params"}`` in, ``{"text", "meta_info"}`` out, errors
 as ``{"error": {"message"}}`` with HTTP 400. Batches (a list in ``text``) are not modelled: the
@@ -36,6 +36,7 @@ class Script:
     """What the next /generate requests get."""
 
     text: str = "<nexa_0>"           # the "model output", returned as is
+    then: list[str] = field(default_factory=list)  # outputs for the next requests, the last one repeated
     finish_reason: dict[str, Any] = field(default_factory=lambda: {"type": "stop", "matched": 2})
     status: int = 200                # anything else: an error body with this status
     error: str = "scripted failure"
@@ -89,6 +90,9 @@ class SGLangDouble(LoopbackServer):
             self.peers.add(peer)
             record = Generated(body, dict(request.headers), peer, None)
             self.requests.append(record)
+            # the first request gets ``text``, the next ones ``then`` in order, its last one repeated
+            answers = [script.text, *script.then]
+            answer = answers[min(len(self.requests) - 1, len(answers) - 1)]
             dropping = script.drop > 0
             if dropping:
                 script.drop -= 1
@@ -106,17 +110,17 @@ class SGLangDouble(LoopbackServer):
             pattern = re.compile(params["regex"])
         except re.error as exc:
             return _error(400, f"Invalid regex: {exc}")
-        record.regex_matched = pattern.fullmatch(script.text) is not None
+        record.regex_matched = pattern.fullmatch(answer) is not None
         if script.status != 200:
             return _error(script.status, script.error)
         prompt_tokens = len(body["text"].split()) if "text" in body else len(body["input_ids"])
         return web.json_response({
-            "text": script.text,
+            "text": answer,
             "meta_info": {
                 "id": f"double-{len(self.requests)}",
                 "finish_reason": script.finish_reason,
                 "prompt_tokens": prompt_tokens,
-                "completion_tokens": max(1, len(script.text) // 4),
+                "completion_tokens": max(1, len(answer) // 4),
                 "cached_tokens": 0,
                 "e2e_latency": script.delay,
             },
