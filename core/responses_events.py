@@ -83,9 +83,7 @@ class EventWriter:
             index = len(self.response.output)
             self.response.output.append(item)
             out += self.event("response.output_item.added", output_index=index, item=_copy(item))
-            part = {"type": "output_text", "text": "", "annotations": []}
-            if self.logprobs:
-                part["logprobs"] = []
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             item["content"].append(part)
             out += self.event("response.content_part.added", item_id=item["id"], output_index=index,
                               content_index=0, part=_copy(part))

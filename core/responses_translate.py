@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from octogate.core.errors import OpenAIError
 from octogate.core.responses_request import (AllowedToolsChoice, CustomGrammarFormat, CustomTool, FunctionTool,
@@ -147,18 +147,22 @@ def responses_error(error: OpenAIError) -> OpenAIError:
 
 # ---------------------------------------------------------------- the response object
 def usage_of(chat_usage: Any) -> dict[str, Any] | None:
-    """A chat completion's usage as a response's: ``input_tokens``, ``input_tokens_details.cached_tokens``,
-    ``output_tokens``, ``output_tokens_details.reasoning_tokens``, ``total_tokens``."""
+    """A chat completion's usage as a response's: ``input_tokens``, ``input_tokens_details.cached_tokens``
+    and ``.cache_write_tokens`` (required by OpenAI's current document and SDK), ``output_tokens``,
+    ``output_tokens_details.reasoning_tokens``, ``total_tokens``."""
     if not isinstance(chat_usage, dict):
         return None
     try:
         prompt, completion = int(chat_usage.get("prompt_tokens") or 0), int(chat_usage.get("completion_tokens") or 0)
-        cached = int(((chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
+        prompt_details = chat_usage.get("prompt_tokens_details") or {}
+        cached = int(prompt_details.get("cached_tokens") or 0)
+        written = int(prompt_details.get("cache_write_tokens") or 0)
         reasoning = int(((chat_usage.get("completion_tokens_details") or {}).get("reasoning_tokens")) or 0)
     except (TypeError, ValueError, AttributeError):
         return None
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached}, "output_tokens": completion,
-            "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": prompt + completion}
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
+            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
+            "total_tokens": prompt + completion}
 
 
 class ResponseObject(BaseModel):
@@ -194,6 +198,16 @@ class ResponseObject(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     background: bool = False
     service_tier: str = "default"
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: Any) -> dict[str, Any]:
+        # The spec types ``user`` and ``usage`` as not nullable: a response without them (usage before
+        # the end of a stream, or when a failed backend reported none) leaves them out.
+        data = handler(self)
+        for name in ("user", "usage"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 def response_shell(request: ResponsesRequest, response_id: str, store: bool) -> ResponseObject:
@@ -242,9 +256,9 @@ def text_logprobs(chat_logprobs: Any) -> list[dict[str, Any]]:
 
 def message_item(text: str, logprobs: list[dict[str, Any]] | None, status: str = "completed",
                   item_id: str | None = None) -> dict[str, Any]:
-    part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": []}
-    if logprobs is not None:
-        part["logprobs"] = logprobs
+    """An assistant ``message`` output item; its ``output_text`` part always has ``logprobs`` (the spec
+    requires the field; it is empty unless ``include`` asked for them)."""
+    part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
     return {"id": item_id or new_id("msg"), "type": "message", "role": "assistant", "status": status,
             "content": [part]}
 
