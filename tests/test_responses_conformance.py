@@ -179,7 +179,7 @@ def test_every_answer_of_the_embedded_default_is_valid(embedded_gw, stream):
     problems: list[str] = []
     bodies = [
         {"input": "Say hello."},
-        {"input": "Paris weather?", "tools": [WEATHER], "tool_choice": "required"},
+        {"input": "Paris weather?", "tools": [WEATHER], "tool_choice": "required", "max_output_tokens": 64},
         {"input": "Name a city.", "text": {"format": SCHEMA_FORMAT}, "max_output_tokens": 24},
         {"input": "Hi", "include": ["message.output_text.logprobs"], "top_logprobs": 2, "max_output_tokens": 4},
     ]
