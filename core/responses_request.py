@@ -224,7 +224,8 @@ class TextConfig(OpenAIBaseModel):
 # ---------------------------------------------------------------- the request
 def _schema_of(kind: Any, **extra: Any) -> WithJsonSchema:
     """What /openapi.json says a field holds: the typed form ``parse_request`` checks it against,
-    written out whole (no references, so it stands wherever the field's schema is put)."""
+    written out whole (no references, so it stands wherever the field's schema is put; a union's
+    ``discriminator`` dropped, as its mapping would name them and the ``const`` types already say it)."""
     schema = TypeAdapter(kind).json_schema()
     defs = schema.pop("$defs", {})
 
@@ -233,7 +234,8 @@ def _schema_of(kind: Any, **extra: Any) -> WithJsonSchema:
             ref = node.get("$ref")
             if isinstance(ref, str) and ref.startswith("#/$defs/"):
                 return inline(defs[ref.removeprefix("#/$defs/")])
-            return {k: inline(v) for k, v in node.items()}
+            return {k: inline(v) for k, v in node.items()
+                    if not (k == "discriminator" and isinstance(v, dict) and "propertyName" in v)}
         if isinstance(node, list):
             return [inline(v) for v in node]
         return node
