@@ -1,4 +1,5 @@
-"""Agents served on /v1/chat/completions: ``model: "husky"`` (the graph's ``agents:`` block).
+"""Agents served on /v1/chat/completions: ``model: "husky"`` (the graph's ``agents:`` block); on
+/v1/responses, ``gateway/responses_agent.py`` runs them through the same ``AgentService``.
 
 ``AgentTable`` (built and started with the ``NodeTable``) holds each agent; ``AgentService``
 (one per ``ChatService``) answers a request to one: the task is the last user message, the agent
@@ -26,6 +27,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter
 from octogate.agents.husky import AgentResult, Husky
 from octogate.core.errors import OpenAIError, UpstreamError
 from octogate.core.messages import content_text
-from octogate.gateway.asgi_io import stream_sse
+from octogate.gateway.asgi_io import _tokens, stream_sse
 
 if TYPE_CHECKING:
     from octogate.core.graph import GraphConfig
@@ -69,6 +71,29 @@ class AgentTable:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(a.aclose() for a in self.agents.values()), return_exceptions=True)
+
+
+class AgentUsage:
+    """The tokens the expert calls of one request used (``count_usage``); the action generator's
+    decisions, made in process, are not counted."""
+
+    __slots__ = ("key", "prompt_tokens", "completion_tokens")
+
+    def __init__(self, key: str):
+        self.key = key
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+
+_usage: ContextVar[AgentUsage | None] = ContextVar("octogate_agent_usage", default=None)
+
+
+def count_usage(key: str) -> AgentUsage:
+    """From here on in this request (its task and the tasks it starts), expert calls add their tokens to
+    the ``AgentUsage`` returned; ``key`` (the caller's key name) labels them in the token metrics."""
+    usage = AgentUsage(key)
+    _usage.set(usage)
+    return usage
 
 
 _step_counters: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
@@ -111,6 +136,12 @@ class AgentService:
                 raise
             self.metrics.upstream_call(node.name, node.backend.label, time.perf_counter() - t0, ok=True)
         data = orjson.loads(body)
+        prompt, completion = _tokens(data.get("usage"))
+        usage = _usage.get()
+        self.metrics.tokens(node.name, prompt, completion, usage.key if usage is not None else "")
+        if usage is not None:
+            usage.prompt_tokens += prompt
+            usage.completion_tokens += completion
         choices = data.get("choices") or [{}]
         return content_text((choices[0].get("message") or {}).get("content"))
 
@@ -171,6 +202,7 @@ class AgentService:
 
 
 def _task_of(data: dict[str, Any]) -> str:
+    """The task of a chat request to an agent: its last user message with text."""
     for message in reversed(data.get("messages") or []):
         if message.get("role") == "user":
             text = content_text(message.get("content"), "\n").strip()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -112,55 +113,44 @@ class ChatService:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The ASGI endpoint. Every outcome is an OpenAI-shaped answer; nothing escapes as a 500 trace."""
-        started = time.perf_counter()
-        self.metrics.request_started("")
-        model, node_name, status, caller = "", "", 500, None
-        headers_extra: list[tuple[bytes, bytes]] = []
-        try:
-            authorization = content_length = conversation = None
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    authorization = value.decode("latin-1")
-                elif name == b"content-length":
-                    content_length = value
-                elif name == CONVERSATION_HEADER:
-                    conversation = value
-            caller = self.keys.check(authorization)
-            headers_extra += await self.limits.admit(caller)
-            data, request = parse_request(await read_body(receive, content_length, self.max_body_bytes))
-            model = request.model
-            if model in self.agents:
-                node_name = model
-                status = await self.agents.serve(model, data, send, receive)
-                return
-            cid = conversation_id(conversation, data)
-            routed = self.router is not None and model == self.router.name
-            node = None if routed else self.nodes.resolve(model)
-            turn = None
-            if cid is not None:
-                with self.tracing.child_span("octogate.history.read", {"octogate.conversation.id": cid}):
-                    turn = await self.conversations.begin(cid, authorization, data)
-            if routed:
-                node, route_headers = await self.router.route(data)
-                headers_extra += route_headers
-            node_name = node.name
-            if request.stream:
-                status, answered = await self._stream(node, data, turn, headers_extra, started, receive, send, caller)
-            else:
-                status, answered = await self._complete(node, data, turn, headers_extra, receive, send, caller)
-            node_name = answered.name
-        except OpenAIError as err:
-            status = err.status
-            await send_error(send, err, headers_extra)  # x-ratelimit-* on refusals too, as OpenAI sends them
-        except ClientGone:
-            status = 499
-        except Exception:
-            log.exception("unhandled error in /v1/chat/completions")
-            await send_error(send, OpenAIError(500, "The server had an error while processing your request.",
-                                               code="internal_error"))
-        finally:
-            self.metrics.request_finished(model, node_name, status, time.perf_counter() - started,
-                                          caller.name if caller is not None else "")
+        await answer_request(self.metrics, "/v1/chat/completions", send,
+                             lambda ex: self._serve(ex, scope, receive, send))
+
+    async def _serve(self, ex: Exchange, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        authorization = content_length = conversation = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                content_length = value
+            elif name == CONVERSATION_HEADER:
+                conversation = value
+        caller = ex.caller = self.keys.check(authorization)
+        headers_extra = ex.headers_extra
+        headers_extra += await self.limits.admit(caller)
+        data, request = parse_request(await read_body(receive, content_length, self.max_body_bytes))
+        model = ex.model = request.model
+        if model in self.agents:
+            ex.node_name = model
+            ex.status = await self.agents.serve(model, data, send, receive)
+            return
+        cid = conversation_id(conversation, data)
+        routed = self.router is not None and model == self.router.name
+        node = None if routed else self.nodes.resolve(model)
+        turn = None
+        if cid is not None:
+            with self.tracing.child_span("octogate.history.read", {"octogate.conversation.id": cid}):
+                turn = await self.conversations.begin(cid, authorization, data)
+        if routed:
+            node, route_headers = await self.router.route(data)
+            headers_extra += route_headers
+        ex.node_name = node.name
+        if request.stream:
+            ex.status, answered = await self._stream(node, data, turn, headers_extra, ex.started, receive, send,
+                                                     caller)
+        else:
+            ex.status, answered = await self._complete(node, data, turn, headers_extra, receive, send, caller)
+        ex.node_name = answered.name
 
     async def _complete(self, node: Node, data: dict[str, Any], turn: Turn | None,
                         headers_extra: list[tuple[bytes, bytes]], receive: Any, send: Any,
@@ -274,6 +264,46 @@ class ChatService:
         headers_extra[:] = [(k, v) for k, v in headers_extra if k != FALLBACK_HEADER]
         headers_extra.append((FALLBACK_HEADER, exc.reason.encode()))
         self.metrics.fallback(node.name, to.name, exc.reason)
+
+
+class Exchange:
+    """One request to an endpoint served by ``answer_request``: what its handler sets as it goes
+    (model, node, caller, status; headers for a refusal), read once the request is over."""
+
+    __slots__ = ("started", "model", "node_name", "status", "caller", "headers_extra")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.model = ""
+        self.node_name = ""
+        self.status = 500
+        self.caller: ApiKeyConfig | None = None
+        self.headers_extra: list[tuple[bytes, bytes]] = []
+
+
+async def answer_request(metrics: Metrics, path: str, send: Any, handle: Callable[[Exchange], Awaitable[None]],
+                         shape_error: Callable[[OpenAIError], OpenAIError] | None = None) -> None:
+    """What every raw-ASGI OpenAI endpoint (chat completions, responses) does around its handler: an
+    ``OpenAIError`` is sent as its status and envelope (``shape_error`` may re-say it in the endpoint's
+    terms; with ``x-ratelimit-*`` and the other headers gathered so far, as OpenAI sends them on
+    refusals too), a client gone is a 499, anything else is logged and answered 500
+    ``internal_error``; the request is counted in the metrics either way."""
+    ex = Exchange()
+    metrics.request_started("")
+    try:
+        await handle(ex)
+    except OpenAIError as err:
+        ex.status = err.status
+        await send_error(send, shape_error(err) if shape_error is not None else err, ex.headers_extra)
+    except ClientGone:
+        ex.status = 499
+    except Exception:
+        log.exception("unhandled error in %s", path)
+        await send_error(send, OpenAIError(500, "The server had an error while processing your request.",
+                                           code="internal_error"))
+    finally:
+        metrics.request_finished(ex.model, ex.node_name, ex.status, time.perf_counter() - ex.started,
+                                 ex.caller.name if ex.caller is not None else "")
 
 
 class _BackendCall:

@@ -12,13 +12,14 @@ continues from them. When the store cannot be used, a request that asks for stor
 continues a stored response, is a 503; ``store: false`` is served regardless. A node whose backend
 declares ``responses: native``, named directly in ``model``, gets the request passed through to its
 upstream's own ``/v1/responses`` with the persona put in front of ``instructions`` (the upstream then
-keeps its own state: ``previous_response_id`` goes to it untouched).
+keeps its own state: ``previous_response_id`` goes to it untouched). A request naming an agent
+(``husky``) runs it and answers its steps as output items before its answer
+(``gateway/responses_agent.py``), stored like any other response.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
@@ -31,12 +32,11 @@ from octogate.core.responses_events import EventWriter
 from octogate.core.responses_request import ResponsesRequest, new_id, parse_request, stored_item
 from octogate.core.responses_translate import (ResponseObject, chat_request, response_of_completion, response_shell,
                                                responses_error)
-from octogate.gateway.asgi_io import JSON_HEADERS, SSE_HEADERS, ClientGone, read_body, send_error, send_response
+from octogate.gateway.asgi_io import JSON_HEADERS, SSE_HEADERS, ClientGone, read_body, send_response
 from octogate.gateway.nodes import Node
 from octogate.gateway.response_store import Responses
-from octogate.gateway.serving_chat import NODE_HEADER, ChatService, to_openai_error
-
-log = logging.getLogger("octogate")
+from octogate.gateway.responses_agent import AgentResponses
+from octogate.gateway.serving_chat import NODE_HEADER, ChatService, Exchange, answer_request, to_openai_error
 
 RESPONSES_PATH = "/v1/responses"
 _NO_HEADERS: dict[str, str] = {}
@@ -58,6 +58,7 @@ class ResponsesService:
     def __init__(self, chat: ChatService, responses: Responses):
         self.chat = chat
         self.responses = responses
+        self.agents = AgentResponses(chat.agents, chat.limits)
         self.native: dict[str, Backend] = {}  # node name -> its upstream's /v1/responses
         graph = chat.nodes.graph
         by_key: dict[str, Backend] = {}
@@ -79,66 +80,57 @@ class ResponsesService:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The ASGI endpoint. Every outcome is an OpenAI-shaped answer; nothing escapes as a 500 trace."""
+        await answer_request(self.chat.metrics, RESPONSES_PATH, send, lambda ex: self._serve(ex, scope, receive, send),
+                             responses_error)  # a chat field named as the request's
+
+    async def _serve(self, ex: Exchange, scope: dict[str, Any], receive: Any, send: Any) -> None:
         chat = self.chat
-        started = time.perf_counter()
-        chat.metrics.request_started("")
-        model, node_name, status, caller = "", "", 500, None
-        headers_extra: list[tuple[bytes, bytes]] = []
-        try:
-            authorization = content_length = None
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    authorization = value.decode("latin-1")
-                elif name == b"content-length":
-                    content_length = value
-            caller = chat.keys.check(authorization)
-            headers_extra += await chat.limits.admit(caller)
-            data = _load(await read_body(receive, content_length, chat.max_body_bytes))
-            request = parse_request(data)
-            model = request.model
-            if model in chat.agents:
-                raise OpenAIError(400, f"'{model}' is an agent, served on /v1/chat/completions only.", param="model",
-                                  code="unsupported_model")
-            routed = chat.router is not None and model == chat.router.name
-            node = None if routed else chat.nodes.resolve(model)
-            if node is not None and node.name in self.native:
-                node_name = node.name
-                status = await self._native(node, data, request, headers_extra, receive, send, caller)
-                return
-            store = request.store is not False and self.responses.store is not None
-            context: list[dict[str, Any]] = []
-            if request.previous_response_id is not None:
-                record = await self.responses.load(request.previous_response_id, authorization, "previous_response_id")
-                context = [*record.get("context", []), *record.get("input", []), *record["response"].get("output", [])]
-            if store:
-                await self.responses.check_writable()
-            input_items = [stored_item(item) for item in request.items]
-            chat_data = chat_request(request, [*context, *input_items])
-            if routed:
-                node, route_headers = await chat.router.route(chat_data)
-                headers_extra += route_headers
-            node_name = node.name
-            shell = response_shell(request, new_id("resp"), store)
-            keep = _Keeper(self.responses, Responses.scope(authorization), input_items, context) if store else None
-            if request.stream:
-                status, answered = await self._stream(node, chat_data, request, shell, keep, headers_extra, started,
-                                                      receive, send, caller)
-            else:
-                status, answered = await self._complete(node, chat_data, request, shell, keep, headers_extra,
-                                                        receive, send, caller)
-            node_name = answered.name
-        except OpenAIError as err:
-            status = err.status
-            await send_error(send, responses_error(err), headers_extra)  # a chat field named as the request's
-        except ClientGone:
-            status = 499
-        except Exception:
-            log.exception("unhandled error in /v1/responses")
-            await send_error(send, OpenAIError(500, "The server had an error while processing your request.",
-                                               code="internal_error"))
-        finally:
-            chat.metrics.request_finished(model, node_name, status, time.perf_counter() - started,
-                                          caller.name if caller is not None else "")
+        authorization = content_length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                content_length = value
+        caller = ex.caller = chat.keys.check(authorization)
+        headers_extra = ex.headers_extra
+        headers_extra += await chat.limits.admit(caller)
+        data = _load(await read_body(receive, content_length, chat.max_body_bytes))
+        request = parse_request(data)
+        model = ex.model = request.model
+        agent = model in chat.agents
+        routed = not agent and chat.router is not None and model == chat.router.name
+        node = None if routed or agent else chat.nodes.resolve(model)
+        if node is not None and node.name in self.native:
+            ex.node_name = node.name
+            ex.status = await self._native(node, data, request, headers_extra, receive, send, caller)
+            return
+        store = request.store is not False and self.responses.store is not None
+        context: list[dict[str, Any]] = []
+        if request.previous_response_id is not None:
+            record = await self.responses.load(request.previous_response_id, authorization, "previous_response_id")
+            context = [*record.get("context", []), *record.get("input", []), *record["response"].get("output", [])]
+        if store:
+            await self.responses.check_writable()
+        input_items = [stored_item(item) for item in request.items]
+        shell = response_shell(request, new_id("resp"), store)
+        keep = _Keeper(self.responses, Responses.scope(authorization), input_items, context) if store else None
+        if agent:  # its steps are output items before its answer: gateway/responses_agent.py
+            ex.node_name = model
+            ex.status = await self.agents.serve(request, [*context, *input_items], shell, keep, headers_extra,
+                                                receive, send, caller)
+            return
+        chat_data = chat_request(request, [*context, *input_items])
+        if routed:
+            node, route_headers = await chat.router.route(chat_data)
+            headers_extra += route_headers
+        ex.node_name = node.name
+        if request.stream:
+            ex.status, answered = await self._stream(node, chat_data, request, shell, keep, headers_extra, ex.started,
+                                                     receive, send, caller)
+        else:
+            ex.status, answered = await self._complete(node, chat_data, request, shell, keep, headers_extra,
+                                                       receive, send, caller)
+        ex.node_name = answered.name
 
     # ------------------------------------------------------------------ translated: JSON
     async def _complete(self, node: Node, chat_data: dict[str, Any], request: ResponsesRequest, shell: ResponseObject,
