@@ -25,6 +25,7 @@ from openai.types.responses import (
 from pydantic import TypeAdapter
 
 from tests.conformance.spec import violations
+from tests.otlp_receiver import OTLPReceiver
 from tests.upstream import wait_until
 
 SUMMARY = re.compile(r"^Step: \[(code|math|search|commonsense|finish)\]( [^\n]+)?(\nOutput: (.*))?$", re.S)
@@ -33,7 +34,13 @@ EVENTS = TypeAdapter(ResponseStreamEvent)
 
 
 @pytest.fixture(scope="module")
-def gw(gateway_factory, upstream):
+def receiver():
+    with OTLPReceiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def gw(gateway_factory, upstream, receiver):
     smollm2 = {"model": "embedded/smollm2-135m-instruct"}
     prefix = f"octogate:test-agent-resp:{uuid.uuid4().hex[:8]}:"
     graph = {
@@ -59,7 +66,8 @@ def gw(gateway_factory, upstream):
                                          "commonsense": "broken", "answer": "echo"}, "max_steps": 1},
         },
     }
-    return gateway_factory(graph)
+    return gateway_factory(graph, env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                       "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "50"})
 
 
 @pytest.fixture()
@@ -271,6 +279,21 @@ def test_metrics_count_the_request_and_its_steps(gw, client):
     assert sum(metric(gw, "octogate_agent_steps_total", agent="husky-broken", tool=t)
                for t in ("code", "math", "search", "commonsense", "finish")) >= steps + 1
     assert metric(gw, "octogate_tokens_total", node="echo", direction="prompt", key="key-1") > 0
+
+
+def test_steps_are_spans_of_the_request(gw, receiver, client):
+    receiver.clear()  # only this request's trace
+    client.responses.create(model="husky-broken", input="What is the capital of Kenya?", store=False)
+    names = {"octogate.agent.action", "octogate.agent.expert", "octogate.agent.answer"}
+    spans = receiver.wait_for(lambda got: any(
+        names <= {s.name for s in got if s.trace_id == t} for t in {s.trace_id for s in got}), timeout=20)
+    trace = [s for s in spans if s.trace_id == next(
+        t for t in {s.trace_id for s in spans} if names <= {s.name for s in spans if s.trace_id == t})]
+    server = next(s for s in trace if s.name == "POST /v1/responses")
+    for name in names:
+        span = next(s for s in trace if s.name == name)
+        assert span.parent_span_id == server.span_id, name
+    assert next(s for s in trace if s.name == "octogate.agent.expert").attributes["octogate.node"] == "broken"
 
 
 def test_a_client_that_leaves_mid_stream_stops_the_agent(gw):
