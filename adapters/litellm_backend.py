@@ -55,7 +55,6 @@ class LiteLLMBackend(Backend):
         self._lib: Any = None
         self._custom_tools = cfg.provider in CUSTOM_TOOL_PROVIDERS
 
-
     async def start(self) -> None:
         self._lib = await asyncio.to_thread(_litellm)
 
