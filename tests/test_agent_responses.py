@@ -24,6 +24,10 @@ from openai.types.responses import (
 )
 from pydantic import TypeAdapter
 
+from octogate.core.responses_events import EventWriter
+from octogate.core.responses_steps import StepItems
+from octogate.core.responses_translate import ResponseObject
+
 from tests.conformance.spec import violations
 from tests.otlp_receiver import OTLPReceiver
 from tests.upstream import wait_until
@@ -216,6 +220,35 @@ def test_max_steps_ran_out_and_a_failing_expert(client):
         events = list(stream)
     assert events[-1].type == "response.incomplete"
     assert events[-1].response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_an_expert_failing_after_its_code_or_query_fails_the_tool_item():
+    """The items of a run fed straight in (core/responses_steps.py): an expert that raised after
+    writing its code or query makes a failed tool item without a .completed event; still spec-valid."""
+    writer = EventWriter(ResponseObject(id="resp_0a1b", created_at=1, model="husky"), False)
+    steps = StepItems(writer, "cntr_0a1b")
+    out = writer.start()
+    for kind, text in [("reasoning", "Step: [code] Compute 3 * 14\n"), ("code", "print(3 * 14)"),
+                       ("reasoning", "Output: Error: the code expert failed: sandbox unavailable\n"),
+                       ("reasoning", "Step: [search] Kenya's capital\n"), ("search", "capital of Kenya"),
+                       ("reasoning", "Output: Error: the search expert failed: index gone\n"),
+                       ("reasoning", "Step: [finish]\nOutput: Error: the action generator timed out\n"),
+                       ("content", "Nairobi")]:
+        out += steps.feed(kind, text)
+    out += steps.finish("stop", 3, 1) + writer.completed()
+    events = [orjson.loads(line[6:]) for line in out.decode().split("\n") if line.startswith("data: ")]
+    for event in events:
+        assert not violations("ResponseStreamEvent", event), violations("ResponseStreamEvent", event)
+    final = spec_checked(events[-1]["response"])
+    assert [(i["type"], i["status"]) for i in final["output"]] == [
+        ("reasoning", "completed"), ("code_interpreter_call", "failed"), ("reasoning", "completed"),
+        ("web_search_call", "failed"), ("reasoning", "completed"), ("message", "completed")]
+    assert final["output"][1]["outputs"] == [{"type": "logs", "logs": "Error: the code expert failed: sandbox unavailable"}]
+    assert final["output"][4]["summary"][0]["text"] == "Step: [finish]\nOutput: Error: the action generator timed out"
+    kinds = [e["type"] for e in events]
+    assert "response.code_interpreter_call.completed" not in kinds and "response.web_search_call.completed" not in kinds
+    assert kinds == [k for k in expected_events(final) if not k.endswith("call.completed")]
+    assert final["usage"]["input_tokens"] == 3 and final["status"] == "completed" and final["output_text"] == "Nairobi"
 
 
 # ---------------------------------------------------------------- context
