@@ -54,6 +54,18 @@ def read_decisions(path: Path):
     return read_jsonl(path, parse, 'an action line ({"task", "history", "tool", "subtask"})')
 
 
+def subtask_continuation(example):
+    """What the action generator writes after choosing a tool, as serving decodes it
+    (``ActionGenerator._decide``): the cue ``Step: [tool] ``, then the sub-task escaped as a protocol
+    argument and ended by a newline; ``finish`` and a step without a sub-task have none."""
+    from octogate.agents.action import step_line
+    from octogate.router_model.protocol import escape_argument
+
+    if example.node == "finish" or not example.reformatted:
+        return None
+    return step_line(example.node, "") + " ", escape_argument(example.reformatted) + "\n"
+
+
 def _sample(examples: list, n: int | None, seed: int) -> list:
     if n is None or n >= len(examples):
         return examples
@@ -81,10 +93,14 @@ def train_command(
     eval_sample: Annotated[Optional[int], typer.Option(help="score a seeded random sample of this many --eval lines")]
     = None,
     max_query_tokens: Annotated[int, typer.Option(min=32, help="action queries are cut to this many tokens")] = 256,
+    argument_weight: Annotated[float, typer.Option(
+        min=0.0, help="weight of the sub-task text's loss beside the tool's (0: learn the tool tokens only)")] = 1.0,
 ) -> None:
-    """Train the tool tokens of Husky's action generator with the router trainer (CPU; needs the train extra)."""
+    """Train Husky's action generator with the router trainer (CPU; needs the train extra): the tool
+    tokens, and the sub-task text written after each step's cue (``--argument-weight``)."""
     try:
-        from octogate.router_model.training.trainer import TrainSettings, train_router
+        from octogate.router_model.training.run import train_router
+        from octogate.router_model.training.trainer import TrainSettings
     except ImportError as exc:
         fail(f"training needs the train extra (pip install -e '.[train]'): {exc}")
     from octogate.agents.action import ACTION_PREFIX, ACTION_TOKENS
@@ -93,11 +109,12 @@ def train_command(
         examples = _sample(read_decisions(data), sample, seed)
         evals = {p.name: _sample(read_decisions(p), eval_sample, seed) for p in eval_data or []}
         settings = TrainSettings(lora_layers=lora_layers, epochs=epochs, batch_size=batch_size,
-                                 max_query_tokens=max_query_tokens, threads=threads, seed=seed)
+                                 max_query_tokens=max_query_tokens, threads=threads, seed=seed,
+                                 argument_weight=argument_weight)
         artifact, state, complete = train_router(
             nodes=dict(ACTION_TOKENS), examples=examples, out=out, settings=settings, data_name=data.name,
             time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console,
-            prefix_text=ACTION_PREFIX, labels="tools")
+            prefix_text=ACTION_PREFIX, labels="tools", continuation=subtask_continuation)
     except (OSError, ValueError) as exc:
         fail(exc)
     report_training(artifact, state, complete, "action generator")

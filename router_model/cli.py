@@ -123,7 +123,8 @@ def train_command(
 ) -> None:
     """Train functional tokens for a graph's nodes on this CPU (needs the [train] extra: torch, gguf)."""
     try:
-        from octogate.router_model.training.trainer import TrainSettings, train_router
+        from octogate.router_model.training.run import train_router
+        from octogate.router_model.training.trainer import TrainSettings
     except ImportError as exc:
         fail(f"training needs the train extra (pip install -e '.[train]'): {exc}")
     from octogate.router_model.training.data import read_examples

@@ -143,7 +143,8 @@ def test_an_averaged_router_is_served_as_torch_computes_it(trained, tmp_path, mo
     from rich.console import Console
 
     from octogate.router_model.training.data import Example
-    from octogate.router_model.training.trainer import TrainSettings, train_router
+    from octogate.router_model.training.run import train_router
+    from octogate.router_model.training.trainer import TrainSettings
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = load_router(trained[0] / "out")
@@ -181,14 +182,14 @@ SUBJECTS = {"What is 17 times 23?": "arithmetic", "Solve x^2 - 5x + 6 = 0.": "al
             "What is the derivative of e^(2x)?": "calculus", "Simplify (a+b)^2.": "algebra"}
 
 
-def small_trainer(subject_weight: float):
+def small_trainer(subject_weight: float = 0.0, **settings):
     import llama_cpp
 
     from octogate.router_model.training.trainer import RouterTrainer, TrainSettings
 
     vocab = llama_cpp.Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
     settings = TrainSettings(lora_layers=2, max_query_tokens=24, batch_size=6, epochs=4, lr=0.02, token_lr=0.05,
-                             threads=2, subject_weight=subject_weight)
+                             threads=2, subject_weight=subject_weight, **settings)
     return RouterTrainer(bundled_gguf_path(), {t: n for n, t in NODES.items()}, settings, vocab.tokenize)
 
 
@@ -228,3 +229,44 @@ def test_subjects_as_an_auxiliary_target_are_learned_and_resume(tmp_path):
     plain = small_trainer(subject_weight=0.0)
     plain.train(feats, examples)
     assert plain.subject_rows is None and plain.subjects == []
+
+
+def test_the_argument_text_is_learned_beside_the_token(tmp_path):
+    """With argument_weight, the text after the token (a cue, then the argument) is in the features and
+    its cross-entropy falls as the trainer runs; the tokens are still learned, and a checkpoint made
+    with other argument texts is refused."""
+    import llama_cpp
+
+    from octogate.router_model.training.argument_loss import ArgumentPlan
+    from octogate.router_model.training.data import Example
+
+    examples = [Example(q, n, reformatted=f"ask the {n} expert: {q.lower()}") for q, n in EXAMPLES]
+    vocab = llama_cpp.Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
+
+    def continuation(ex):
+        return "Step: ", ex.reformatted + "\n"
+
+    trainer = small_trainer(argument_weight=1.0)
+    plan = trainer.argument_plan = ArgumentPlan(trainer.prompt, vocab.tokenize, examples, continuation)
+    feats = trainer.features(examples, extra=plan.extra)
+    assert [f.shape[0] for f in feats] == [q + len(e) for q, e in zip(plan.query_lengths, plan.extra)]
+    assert plan.target_tokens > 10 * len(examples)
+
+    def argument_loss() -> float:
+        batch = list(range(len(examples)))
+        with torch.no_grad():
+            return plan.loss(trainer.states(feats), batch, trainer.model.embed).item()
+
+    before = argument_loss()
+    checkpoint = tmp_path / "checkpoint.pt"
+    trainer.train(feats, examples, checkpoint=checkpoint)
+    assert argument_loss() < 0.5 * before
+    answers = [trainer.states([f])[0, plan.query_lengths[i] - 1] for i, f in enumerate(feats)]
+    with torch.no_grad():
+        picked = [trainer.tokens[int((h @ trainer.rows.t()).argmax())] for h in answers]
+    assert sum(p == NODES[ex.node] for p, ex in zip(picked, examples)) >= 0.75 * len(examples)
+
+    other = small_trainer(argument_weight=1.0)
+    other.argument_plan = ArgumentPlan(other.prompt, vocab.tokenize, examples, lambda ex: ("Step: ", "other\n"))
+    with pytest.raises(ValueError, match="other settings or data"):
+        other.train(feats, examples, checkpoint=checkpoint)

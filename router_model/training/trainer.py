@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from octogate.router_model.prompt_tokens import PREFIX, RouterPromptTokens
+from octogate.router_model.training.argument_loss import ArgumentPlan
 from octogate.router_model.training.data import Example
 from octogate.router_model.training.torch_llama import Llama, read_gguf
 
@@ -57,6 +58,8 @@ class TrainSettings:
     # add this times its cross-entropy to the loss. Finer labels give the LoRA more to separate; the
     # subject rows are dropped at the end and serving sees only the graph's tokens.
     subject_weight: float = 0.0
+    # > 0: also learn the argument's text after the token (argument_loss.py), this times its cross-entropy
+    argument_weight: float = 0.0
 
 
 @dataclass
@@ -105,6 +108,7 @@ class RouterTrainer:
         self.subjects: list[str] = []  # the auxiliary labels, when ``subject_weight`` is set
         self.subject_rows: torch.nn.Parameter | None = None
         self._prefix_state: tuple[torch.Tensor, list] | None = None
+        self.argument_plan: ArgumentPlan | None = None  # set to train the argument's text too
 
     def _name_rows(self, names: Sequence[str]) -> torch.Tensor:
         """Each new row starts as the mean embedding of its name (``computer_science`` -> "computer science")."""
@@ -135,12 +139,15 @@ class RouterTrainer:
         return self._prefix_state
 
     def features(self, examples: Sequence[Example], progress: Callable[[int], None] | None = None,
-                 batch_size: int = 32) -> list[torch.Tensor]:
-        """The frozen lower blocks' output over each query's tokens, in bf16. The prefix is computed
-        once and every query attends to its keys and values, as the serving engine's cache does."""
+                 batch_size: int = 32, extra: Sequence[list[int]] | None = None) -> list[torch.Tensor]:
+        """The frozen lower blocks' output over each query's tokens (and ``extra``'s after them), in bf16.
+        The prefix is computed once and every query attends to its keys and values, as the serving
+        engine's cache does."""
         n_prefix = len(self.prompt.prefix)
         _, prefix_kv = self.prefix_state()
         ids = [self.prompt.query(ex.query) for ex in examples]
+        if extra is not None:
+            ids = [q + e for q, e in zip(ids, extra)]
         out: list[torch.Tensor | None] = [None] * len(ids)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         with torch.no_grad():
@@ -162,8 +169,8 @@ class RouterTrainer:
         """Scores of the graph's tokens at the answer position, for a batch of cached features."""
         return self.hidden(feats) @ self.rows.t()
 
-    def hidden(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The final hidden state at the answer position, for a batch of cached features.
+    def states(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The final hidden states at every position, for a batch of cached features (right-padded).
 
         The prefix runs through the trained blocks once per batch (its keys and values change as
         the LoRA learns) and is shared by every query in it."""
@@ -171,13 +178,16 @@ class RouterTrainer:
         n_prefix = prefix_x.shape[1]
         width = max(f.shape[0] for f in feats)
         x = torch.zeros(len(feats), width, self.shape.dim)
-        last = torch.empty(len(feats), dtype=torch.long)
         for i, f in enumerate(feats):
             x[i, : f.shape[0]] = f
-            last[i] = f.shape[0] - 1
         _, prefix_kv = self.model.forward_from(prefix_x)
         h, _ = self.model.forward_from(x, n_prefix, prefix_kv)
-        return h[torch.arange(len(feats)), last]
+        return h
+
+    def hidden(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The final hidden state at the answer position (each query's last token), for a batch."""
+        last = torch.tensor([f.shape[0] - 1 for f in feats])
+        return self.states(feats)[torch.arange(len(feats)), last]
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -226,6 +236,8 @@ class RouterTrainer:
     ) -> TrainState:
         s = self.settings
         labels = torch.tensor([self.node_of[ex.node] for ex in examples])
+        plan = self.argument_plan if s.argument_weight > 0 else None
+        data_key = data_digest(examples) + ("" if plan is None else f":{plan.digest}")
         steps_per_epoch = math.ceil(len(feats) / s.batch_size)
         state = TrainState(total_steps=max(1, round(steps_per_epoch * s.epochs)))
         lora = self.trainable()
@@ -242,7 +254,7 @@ class RouterTrainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         if checkpoint is not None and checkpoint.exists():
             saved = torch.load(checkpoint, weights_only=False)
-            if saved["settings"] != asdict(s) or saved["data"] != data_digest(examples):
+            if saved["settings"] != asdict(s) or saved["data"] != data_key:
                 raise ValueError(f"{checkpoint} was trained with other settings or data; delete it to start over")
             self.model.load_lora(saved["lora"])
             self.rows.data.copy_(saved["rows"])
@@ -256,7 +268,7 @@ class RouterTrainer:
             if checkpoint is None:
                 return
             tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"settings": asdict(s), "data": data_digest(examples), "lora": self.model.lora_tensors(),
+            torch.save({"settings": asdict(s), "data": data_key, "lora": self.model.lora_tensors(),
                         "rows": self.rows.detach().clone(),
                         "subject_rows": None if self.subject_rows is None else self.subject_rows.detach().clone(),
                         "optimizer": opt.state_dict(),
@@ -269,8 +281,14 @@ class RouterTrainer:
             for batch in self.batches(feats, epoch)[offset:]:
                 if state.step >= state.total_steps:
                     break
-                h = self.hidden([feats[i] for i in batch])
+                if plan is None:
+                    h = self.hidden([feats[i] for i in batch])
+                else:  # the features go on past the answer position: the cue and the argument
+                    states = self.states([feats[i] for i in batch])
+                    h = states[torch.arange(len(batch)), plan.answer_positions(batch)]
                 loss = F.cross_entropy(h @ self.rows.t(), labels[batch])
+                if plan is not None:
+                    loss = loss + s.argument_weight * plan.loss(states, batch, self.model.embed)
                 if subject_labels is not None:
                     loss = loss + s.subject_weight * F.cross_entropy(h @ self.subject_rows.t(),
                                                                      subject_labels[batch])
@@ -295,105 +313,3 @@ class RouterTrainer:
                     return state
         save()
         return state
-
-
-# ------------------------------------------------------------------------------------ the command
-def feature_cache_path(trainer: RouterTrainer, base_sha: str, examples: Sequence[Example]) -> Path:
-    import os
-
-    key = hashlib.sha256(f"{base_sha}|{trainer.model.lora_from}|{trainer.prompt.prefix}|"
-                         f"{trainer.settings.max_query_tokens}|{data_digest(examples)}".encode()).hexdigest()[:20]
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "octogate" / "router-features"
-    return root / f"{key}.pt"
-
-
-def train_router(
-    *,
-    nodes: dict[int, str],
-    examples: Sequence[Example],
-    out: Path,
-    settings: TrainSettings,
-    data_name: str,
-    time_budget: float | None = None,
-    eval_sets: dict[str, Sequence[Example]] | None = None,
-    base_gguf: Path | None = None,
-    console=None,
-    prefix_text: str = PREFIX,
-    labels: str = "nodes",
-):
-    """What ``octogate router train`` does; returns (artifact, state, complete).
-
-    ``nodes`` maps token index to label: a graph's node names, or a toolset's function names
-    (``labels`` names them in errors); ``prefix_text`` is the prompt the tokens are trained under."""
-    import llama_cpp
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from octogate.core.llama_runtime import (
-        GGUF_FILE,
-        GGUF_PACKAGE,
-        bundled_gguf_path,
-        sha256_of,
-    )
-    from octogate.router_model.artifact import save_router
-
-    console = console or Console(stderr=True)
-    known = set(nodes.values())
-    unknown = sorted({ex.node for ex in examples} - known)
-    if unknown:
-        raise ValueError(f"the data names {labels} that have no token here: {', '.join(unknown)}")
-    base = base_gguf or bundled_gguf_path()
-    base_sha = sha256_of(base)
-    vocab = llama_cpp.Llama(model_path=str(base), vocab_only=True, verbose=False)
-    trainer = RouterTrainer(base, nodes, settings, vocab.tokenize, prefix_text=prefix_text)
-    out.mkdir(parents=True, exist_ok=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[note]}"))
-    with Progress(*columns, console=console) as progress:
-        cache = feature_cache_path(trainer, base_sha, examples)
-        if cache.exists():
-            feats = torch.load(cache)
-        else:
-            task = progress.add_task("encoding queries (frozen blocks)", total=len(examples), note="")
-            feats = trainer.features(examples, lambda n: progress.advance(task, n))
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(feats, cache)
-        evals = {}
-        for name, exs in (eval_sets or {}).items():
-            task = progress.add_task(f"encoding {name}", total=len(exs), note="")
-            evals[name] = (trainer.features(exs, lambda n, t=task: progress.advance(t, n)), exs)
-        steps = max(1, round(math.ceil(len(examples) / settings.batch_size) * settings.epochs))
-        task = progress.add_task("training", total=steps, note="")
-
-        def on_step(state: TrainState, loss: float) -> None:
-            recent = state.losses[-20:]
-            progress.update(task, completed=state.step, note=f"loss {sum(recent) / len(recent):.3f}")
-
-        state = trainer.train(feats, examples, checkpoint=out / "checkpoint.pt", time_budget=time_budget,
-                              eval_sets=evals, on_step=on_step)
-    complete = state.step >= state.total_steps
-    rows = trainer.rows.detach().numpy()
-    manifest = {
-        "base_model": {"package": GGUF_PACKAGE.replace("_", "-"), "file": GGUF_FILE, "sha256": base_sha},
-        "prompt": {"prefix": trainer.prompt.prefix_text, "suffix": trainer.prompt.suffix_text,
-                   "max_query_tokens": settings.max_query_tokens},
-        "lora": {"layers": list(range(trainer.model.lora_from, trainer.shape.n_layers)), "rank": settings.rank,
-                 "alpha": settings.alpha},
-        "training": {"data": data_name, "examples": len(examples), "data_sha256_16": data_digest(examples),
-                     "settings": asdict(settings), "steps": state.step, "total_steps": state.total_steps,
-                     "seconds": round(state.seconds, 1), "complete": complete, "evaluations": state.history,
-                     "torch": torch.__version__, "threads": torch.get_num_threads()},
-    }
-    artifact = save_router(out, lora={k: v.numpy() for k, v in trainer.model.lora_tensors().items()},
-                           alpha=settings.alpha, rows=rows, tokens={t: nodes[t] for t in trainer.tokens},
-                           manifest=manifest)
-    if complete:
-        (out / "checkpoint.pt").unlink(missing_ok=True)
-    return artifact, state, complete
