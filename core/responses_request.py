@@ -324,7 +324,7 @@ def parse_request(data: dict[str, Any]) -> ResponsesRequest:
     else:
         request._items = [_item(raw, f"input[{i}]") for i, raw in enumerate(request.input)]
     request._tools = [_tool(raw, f"tools[{i}]") for i, raw in enumerate(request.tools or ())]
-    request._choice = _tool_choice(request.tool_choice, request._tools)
+    request._choice = _tool_choice(request.tool_choice)
     fmt = request.text.format if request.text is not None else None
     if fmt is not None and fmt.type == "json_schema":
         if fmt.name is None:
@@ -354,8 +354,10 @@ def _tool(raw: Any, where: str) -> FunctionTool | CustomTool:
         raise _within(where, exc) from None
 
 
-def _tool_choice(choice: Any, tools: list[FunctionTool | CustomTool]) -> str | BaseModel | None:
-    """The checked ``tool_choice``; a named or allowed tool must be one of ``tools`` (OpenAI's rule too)."""
+def _tool_choice(choice: Any) -> str | BaseModel | None:
+    """The checked ``tool_choice``. Whether a named or allowed tool is one of ``tools`` is the backend's
+    to say (octogate's decoders refuse it naming ``tool_choice.name`` or ``tool_choice.tools[j]``; a
+    pass-through upstream answers for itself), as on chat completions."""
     if choice is None or choice in ("none", "auto", "required"):
         return choice
     kind = choice.get("type") if isinstance(choice, dict) else None
@@ -364,17 +366,9 @@ def _tool_choice(choice: Any, tools: list[FunctionTool | CustomTool]) -> str | B
         raise _bad("tool_choice", f"Invalid value for 'tool_choice': expected {_CHOICES}; other tool choices are "
                    "not supported here.")
     try:
-        checked = model.model_validate(choice)
+        return model.model_validate(choice)
     except ValidationError as exc:
         raise _within("tool_choice", exc) from None
-    declared = {(t.type, t.name) for t in tools}
-    refs = [("tool_choice", checked)] if not isinstance(checked, AllowedToolsChoice) else [
-        (f"tool_choice.tools[{j}]", ref) for j, ref in enumerate(checked.tools)]
-    for where, ref in refs:
-        if (ref.type, ref.name) not in declared:  # type: ignore[attr-defined]
-            raise _bad(where, f"Invalid value for '{where}': no {ref.type} tool named "  # type: ignore[attr-defined]
-                       f"{ref.name!r} is in 'tools'.")  # type: ignore[attr-defined]
-    return checked
 
 
 # ---------------------------------------------------------------- stored items
