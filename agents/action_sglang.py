@@ -18,11 +18,11 @@ plus one; an answer cut off there keeps its tool and the sub-task written so far
 engine does. Every failure (the server down, slow, an HTTP error, an abort, an answer that is not a
 step) is an ``ActionError``, which the Husky loop records as its last step before answering.
 
-Differences from the embedded engine: the tool is decoded greedily under the regex (with the five
-tokens in the served tokenizer as added tokens, the same argmax over the tool rows; the embedded
-engine scores the rows directly), the query is sent whole rather than cut to the artifact's first
-160 tokens, and the sub-task is written inside the protocol's quotes instead of after a
-``Step: [tool] `` cue. What the server must serve, and how to build it: docs/husky.md.
+Differences from the embedded engine: the tool is decoded greedily under the regex rather than
+scored over the tool rows alone (the same choice when the served model is ``octogate agent
+export``'s and a tool token out-scores the ordinary ``<`` the regex also admits; docs/husky.md),
+the query is sent whole rather than cut to the artifact's first 160 tokens, and the sub-task is
+written inside the protocol's quotes instead of after a ``Step: [tool] `` cue.
 """
 
 from __future__ import annotations

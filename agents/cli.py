@@ -1,4 +1,4 @@
-"""``octogate agent ...``: build the action generator's data, train it, evaluate an agent."""
+"""``octogate agent ...``: build the action generator's data, train it, export it for SGLang, evaluate an agent."""
 
 from __future__ import annotations
 
@@ -118,6 +118,32 @@ def train_command(
     except (OSError, ValueError) as exc:
         fail(exc)
     report_training(artifact, state, complete, "action generator")
+
+
+@agent_cli.command("export")
+def export_command(
+    out: Annotated[Path, typer.Option(help="the .gguf file to write (about 270 MB)")],
+    path: Annotated[Optional[Path], typer.Option(help="a trained action generator (default: the shipped one)")]
+    = None,
+    row_scale: Annotated[float, typer.Option(min=0.01, help="the tool rows are multiplied by this (see docs/husky.md)")]
+    = 1.5,
+) -> None:
+    """Write the action generator as one model an SGLang server can serve (action: {engine: sglang}):
+    SmolLM2 with its LoRA merged and <nexa_0>..<nexa_4> in the vocabulary, their rows the trained ones."""
+    from octogate.agents.action import ACTION_TOKENS, DEFAULT_ACTION_DIR
+    from octogate.router_model.artifact import load_router
+    from octogate.router_model.served_model import write_served_model
+
+    source = path or DEFAULT_ACTION_DIR
+    try:
+        if load_router(source).tokens != ACTION_TOKENS:
+            fail(f"{source} is not an action generator: its tokens are not {ACTION_TOKENS}")
+        model = write_served_model(source, out, row_scale=row_scale)
+    except (OSError, ValueError) as exc:
+        fail(exc)
+    ids = ", ".join(f"<nexa_{t}> {i}" for t, i in model.token_ids.items())
+    out_console().print(f"wrote {out} (vocabulary {model.base_vocab} + {len(model.token_ids)}: {ids}); serve it with "
+                        f"the line `octogate router sglang-command --model-path {out}` prints")
 
 
 @agent_cli.command("eval")

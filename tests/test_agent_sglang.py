@@ -3,7 +3,8 @@ the protocol double of SGLang's native API (tests/sglang_server.py), on loopback
 
 Checked: the exact /generate body of each decision (prompt, regex, sampling parameters; ``finish``
 excluded from the first decision's regex only), how answers and failures become steps or
-``ActionError``s, the config keys and their errors, and whole husky requests through a real
+``ActionError``s, the config keys and their errors, the exported model (``octogate agent export``,
+loaded in llama.cpp on the CPU), and whole husky requests through a real
 ``octogate serve`` with the real openai SDK, its experts a scripted upstream on loopback: the
 agent answers 200 whether the action generator's server answers, is down or answers garbage, and
 /readyz says which. SGLang itself is not run here (no GPU): only its documented protocol.
@@ -21,12 +22,21 @@ import time
 import httpx
 import pytest
 
-from octogate.agents.action import ACTION_SYSTEM_PROMPT, ActionError, Step, action_grammar, action_query
+from octogate.agents.action import (
+    ACTION_PREFIX,
+    ACTION_SUFFIX,
+    ACTION_SYSTEM_PROMPT,
+    ActionError,
+    ActionGenerator,
+    Step,
+    action_grammar,
+    action_query,
+)
 from octogate.agents.action_sglang import SGLangActionGenerator, first_step_grammar
 from octogate.agents.husky import Husky, build_action_generator
-from octogate.core.agent_config import ActionGeneratorConfig, AgentConfig
+from octogate.core.agent_config import TOOLS, ActionGeneratorConfig, AgentConfig
 from octogate.core.graph import ConfigError, load_graph
-from octogate.router_model.protocol import chatml_prompt, format_router_output
+from octogate.router_model.protocol import chatml_prompt, format_router_output, functional_token
 from octogate.router_model.sglang_engine import phi3_prompt
 from tests.conftest import REPO
 from tests.loopback import free_port
@@ -314,3 +324,54 @@ def test_a_server_that_is_down_still_answers_and_readyz_says_degraded(gw, sglang
     assert body["agents"]["husky"] == f"ok ({MODEL_PATH})"
     assert body["agents"]["husky-down"].startswith("unavailable (SGLang action generator at")
     assert "agent husky-down: action generator unavailable" in gw.output()
+
+
+# ------------------------------------------------------------------------------ the model SGLang would serve
+EXPORT_CASES = [  # held-out decisions (data/agent/actions/heldout.jsonl); on the first, '<' out-scores
+    # the tool rows unscaled, so a constrained decoder would spell "<nexa_" and pick the digit as text
+    ("Grace has 30 plants, gives away 11 and then buys 11 more. How many plants does Grace have now?", []),
+    ("Where was the person who shared the Nobel Prize in Physics in 1954 with Max Born born?", []),
+    ("What is 50% of 140?", [Step("code", "Calculate 50 / 100 * 140", "70")]),
+]
+
+
+def test_the_export_serves_the_embedded_engines_choices(tmp_path):
+    """`octogate agent export` writes one GGUF (the LoRA merged, <nexa_0>..<nexa_4> in the vocabulary);
+    loaded in llama.cpp, its tool-token logits are 1.5 times the embedded engine's scores, and greedy
+    decoding under the protocol grammar, as a regex-constrained server decodes, starts with the
+    embedded engine's tool."""
+    import llama_cpp
+    import numpy as np
+
+    out = tmp_path / "husky-action.gguf"
+    done = subprocess.run([sys.executable, "-m", "octogate.gateway.cli", "agent", "export", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "<nexa_0> 49152" in done.stdout.replace("\n", " ")
+    generator = ActionGenerator(ActionGeneratorConfig())
+    generator._load()
+    llm = llama_cpp.Llama(str(out), n_ctx=512, n_threads=2, verbose=False)
+    try:
+        assert llm.n_vocab() == 49152 + 5
+        for t in range(5):
+            assert llm.tokenize(functional_token(t).encode(), add_bos=False, special=False) == [49152 + t]
+            assert llm.detokenize([49152 + t]) == functional_token(t).encode()
+        [lt] = llm.tokenize(b"<", add_bos=False, special=False)  # the ordinary token "<nexa_" can start with
+        for task, history in EXPORT_CASES:
+            scores = generator.scores(task, history)
+            offered = [t for t in TOOLS if history or t != "finish"]
+            chosen = max(offered, key=scores.get)
+            ids = llm.tokenize((ACTION_PREFIX + action_query(task, history) + ACTION_SUFFIX).encode(),
+                               add_bos=False, special=True)
+            llm.reset()
+            llm.eval(ids)
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+            np.testing.assert_allclose(logits[49152:], 1.5 * np.array([scores[t] for t in TOOLS]), atol=0.15)
+            assert max(logits[49152 + TOOLS.index(t)] for t in offered) > logits[lt]
+            grammar = (action_grammar() if history else first_step_grammar()).gbnf("select+reformat")
+            answer = llm.create_completion(ids, max_tokens=3, temperature=0.0, top_k=1,
+                                           grammar=llama_cpp.LlamaGrammar.from_string(grammar, verbose=False))
+            assert answer["choices"][0]["text"].startswith(functional_token(TOOLS.index(chosen))), (task, scores)
+    finally:
+        llm.close()
+        generator.selector.close()
