@@ -17,7 +17,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -181,9 +180,7 @@ def test_a_server_that_is_down_is_an_action_error():
 
 def test_a_slow_server_times_out(sglang):
     sglang.reset(delay=3.0, text=format_router_output(2, "x"))
-    started = time.monotonic()
     message = failure(config(sglang.base_url, timeout=0.3))
-    assert time.monotonic() - started < 2.5
     assert message == f"SGLang action generator at {sglang.base_url} did not answer within 0.3s"
 
 
