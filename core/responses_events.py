@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from octogate.core.errors import OpenAIError
-from octogate.core.responses_request import new_id
+from octogate.core.responses_items import new_id
 from octogate.core.responses_translate import (ResponseObject, call_item, finish_response, message_item, responses_error,
                                                text_logprobs, usage_of)
 

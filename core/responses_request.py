@@ -1,137 +1,26 @@
 """OpenAI's Responses API (``POST /v1/responses``): the request as a client may send it.
 
-``parse_request`` validates a body (a 400 names the exact field, ``input[2].content[0].type``):
+``parse_request`` validates a body (a 400 names the exact field, ``tools[1].format.syntax``):
 function and custom tools, ``tool_choice`` (``none``/``auto``/``required``, a named function or custom
-tool, ``allowed_tools``), and the input items octogate can answer; ``stored_item`` writes an input item
-in the form ``input_items`` lists and the store keeps.
+tool, ``allowed_tools``), ``text.format``, and the input items octogate can answer
+(``core/responses_items.py``, which also writes them in stored form).
 The translation to a chat completion is ``core/responses_translate.py``; the stream of events,
 ``core/responses_events.py``.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, WithJsonSchema
 
-from octogate.core.errors import OpenAIError, from_validation_error
+from octogate.core.errors import from_validation_error
 from octogate.core.protocol import INT64_MAX, OpenAIBaseModel
+from octogate.core.responses_items import InputItem, InputMessage, bad_field, input_item, nested_error
 
 # ``include`` values (OpenAI's list, ``Includable`` below): only the logprobs one changes what octogate
 # returns; the others name outputs of OpenAI's hosted tools and reasoning, which octogate never produces.
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
-_ITEM_TYPES = "message, function_call, function_call_output, custom_tool_call, custom_tool_call_output"
-
-
-def new_id(prefix: str) -> str:
-    """An OpenAI-style id: ``resp_``, ``msg_``, ``fc_`` ... and 48 hex digits."""
-    return f"{prefix}_{secrets.token_hex(24)}"
-
-
-def _bad(param: str, message: str, code: str = "invalid_value") -> OpenAIError:
-    return OpenAIError(400, message, param=param, code=code)
-
-
-def _within(param: str, exc: ValidationError) -> OpenAIError:
-    """A pydantic error on a nested object, re-said with its path from the top of the request."""
-    err = from_validation_error(exc)
-    inner = err.param
-    full = f"{param}.{inner}" if inner and not inner.startswith("[") else f"{param}{inner or ''}"
-    message = err.message.replace(f"'{inner}'", f"'{full}'") if inner else err.message
-    return OpenAIError(400, message, param=full, code=err.code)
-
-
-# ---------------------------------------------------------------- request items
-class TextContent(OpenAIBaseModel):
-    type: Literal["input_text", "output_text"]
-    text: str
-
-
-class InputMessage(OpenAIBaseModel):
-    type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[TextContent]
-    id: str | None = None
-    status: str | None = None
-
-    @property
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-
-
-class FunctionCallItem(OpenAIBaseModel):
-    type: Literal["function_call"]
-    call_id: str = Field(min_length=1)
-    name: str = Field(min_length=1)
-    arguments: str
-    id: str | None = None
-    status: str | None = None
-
-
-class _ToolOutput(OpenAIBaseModel):
-    """What a tool call returned, for the call ``call_id``."""
-
-    call_id: str = Field(min_length=1)
-    output: str | list[TextContent]
-    id: str | None = None
-    status: str | None = None
-
-    @property
-    def text(self) -> str:
-        return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
-
-
-class CustomToolCallItem(OpenAIBaseModel):
-    """An earlier call of a custom tool: free-text ``input`` instead of JSON ``arguments``."""
-
-    type: Literal["custom_tool_call"]
-    call_id: str = Field(min_length=1)
-    name: str = Field(min_length=1)
-    input: str
-    id: str | None = None
-    status: str | None = None
-
-
-class FunctionCallOutputItem(_ToolOutput):
-    type: Literal["function_call_output"]
-
-
-class CustomToolCallOutputItem(_ToolOutput):
-    type: Literal["custom_tool_call_output"]
-
-
-InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem | CustomToolCallItem | CustomToolCallOutputItem
-_ITEM_MODELS: dict[str, type[BaseModel]] = {
-    "message": InputMessage, "function_call": FunctionCallItem, "function_call_output": FunctionCallOutputItem,
-    "custom_tool_call": CustomToolCallItem, "custom_tool_call_output": CustomToolCallOutputItem,
-}
-_PART_TYPES = ("input_text", "output_text")
-
-
-def _item(raw: Any, where: str) -> InputItem:
-    if not isinstance(raw, dict):
-        raise _bad(where, f"Invalid value for '{where}': an input item must be an object.", "invalid_type")
-    kind = raw.get("type", "message" if "role" in raw else None)
-    if kind is None:
-        raise _bad(f"{where}.type", f"Missing required parameter: '{where}.type'.", "missing_required_parameter")
-    model = _ITEM_MODELS.get(kind) if isinstance(kind, str) else None
-    if model is None:
-        raise _bad(f"{where}.type", f"Invalid value for '{where}.type': {kind!r} is not supported here; "
-                   f"supported item types: {_ITEM_TYPES}.", "unsupported_value")
-    for field in ("content", "output"):
-        parts = raw.get(field)
-        if isinstance(parts, list):
-            for j, part in enumerate(parts):
-                ptype = part.get("type") if isinstance(part, dict) else None
-                if ptype not in _PART_TYPES:
-                    param = f"{where}.{field}[{j}].type"
-                    raise _bad(param, f"Invalid value for '{param}': {ptype!r} is not supported here; supported "
-                               "content types: input_text, output_text.", "unsupported_value")
-    try:
-        return model.model_validate(raw)  # type: ignore[return-value]
-    except ValidationError as exc:
-        raise _within(where, exc) from None
 
 
 # ---------------------------------------------------------------- tools and formats
@@ -322,23 +211,23 @@ def parse_request(data: dict[str, Any]) -> ResponsesRequest:
     if isinstance(request.input, str):
         request._items = [InputMessage(role="user", content=request.input)]
     else:
-        request._items = [_item(raw, f"input[{i}]") for i, raw in enumerate(request.input)]
+        request._items = [input_item(raw, f"input[{i}]") for i, raw in enumerate(request.input)]
     request._tools = [_tool(raw, f"tools[{i}]") for i, raw in enumerate(request.tools or ())]
     request._choice = _tool_choice(request.tool_choice)
     fmt = request.text.format if request.text is not None else None
     if fmt is not None and fmt.type == "json_schema":
         if fmt.name is None:
-            raise _bad("text.format.name", "Missing required parameter: 'text.format.name'.", "missing_required_parameter")
+            raise bad_field("text.format.name", "Missing required parameter: 'text.format.name'.", "missing_required_parameter")
         if fmt.schema_ is None:
-            raise _bad("text.format.schema", "Missing required parameter: 'text.format.schema'.",
+            raise bad_field("text.format.schema", "Missing required parameter: 'text.format.schema'.",
                        "missing_required_parameter")
     if request.background:
-        raise _bad("background", "Background responses are not supported by this gateway.", "unsupported_parameter")
+        raise bad_field("background", "Background responses are not supported by this gateway.", "unsupported_parameter")
     if data.get("conversation") is not None:
-        raise _bad("conversation", "'conversation' is not supported by this gateway; continue a response with "
+        raise bad_field("conversation", "'conversation' is not supported by this gateway; continue a response with "
                    "'previous_response_id'.", "unsupported_parameter")
     if request.top_logprobs and not request.wants_logprobs:
-        raise _bad("top_logprobs", f"'top_logprobs' needs include: ['{LOGPROBS_INCLUDE}'].")
+        raise bad_field("top_logprobs", f"'top_logprobs' needs include: ['{LOGPROBS_INCLUDE}'].")
     return request
 
 
@@ -346,12 +235,12 @@ def _tool(raw: Any, where: str) -> FunctionTool | CustomTool:
     kind = raw.get("type") if isinstance(raw, dict) else None
     model = _TOOL_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise _bad(f"{where}.type", f"Invalid value for '{where}.type': tool type {kind!r} is not supported by "
+        raise bad_field(f"{where}.type", f"Invalid value for '{where}.type': tool type {kind!r} is not supported by "
                    "this gateway; only 'function' and 'custom' tools are.", "unsupported_value")
     try:
         return model.model_validate(raw)  # type: ignore[return-value]
     except ValidationError as exc:
-        raise _within(where, exc) from None
+        raise nested_error(where, exc) from None
 
 
 def _tool_choice(choice: Any) -> str | BaseModel | None:
@@ -363,34 +252,9 @@ def _tool_choice(choice: Any) -> str | BaseModel | None:
     kind = choice.get("type") if isinstance(choice, dict) else None
     model = _CHOICE_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise _bad("tool_choice", f"Invalid value for 'tool_choice': expected {_CHOICES}; other tool choices are "
+        raise bad_field("tool_choice", f"Invalid value for 'tool_choice': expected {_CHOICES}; other tool choices are "
                    "not supported here.")
     try:
         return model.model_validate(choice)
     except ValidationError as exc:
-        raise _within("tool_choice", exc) from None
-
-
-# ---------------------------------------------------------------- stored items
-def stored_item(item: InputItem) -> dict[str, Any]:
-    """An input item as ``input_items`` lists it and as it is stored: with an id, content as parts."""
-    if isinstance(item, InputMessage):
-        part = "output_text" if item.role == "assistant" else "input_text"
-        content = ([{"type": part, "text": item.content}] if isinstance(item.content, str)
-                   else [p.model_dump() for p in item.content])
-        if item.role == "assistant":  # an output_text part as the spec has it: annotations and logprobs required
-            for p in content:
-                p.setdefault("annotations", [])
-                p.setdefault("logprobs", [])
-        return {"id": item.id or new_id("msg"), "type": "message", "role": item.role, "content": content,
-                "status": "completed"}
-    if isinstance(item, FunctionCallItem):
-        return {"id": item.id or new_id("fc"), "type": "function_call", "call_id": item.call_id, "name": item.name,
-                "arguments": item.arguments, "status": "completed"}
-    if isinstance(item, CustomToolCallItem):
-        return {"id": item.id or new_id("ctc"), "type": "custom_tool_call", "call_id": item.call_id,
-                "name": item.name, "input": item.input, "status": "completed"}
-    custom = isinstance(item, CustomToolCallOutputItem)
-    return {"id": item.id or new_id("ctco" if custom else "fco"), "type": item.type, "call_id": item.call_id,
-            "output": item.output if isinstance(item.output, str) else [p.model_dump() for p in item.output],
-            "status": "completed"}
+        raise nested_error("tool_choice", exc) from None

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from octogate.core.responses_events import EventWriter
-from octogate.core.responses_request import new_id
+from octogate.core.responses_items import new_id
 from octogate.core.responses_translate import finish_response, usage_of
 
 _STEP = re.compile(r"Step: \[(\w+)\]")

@@ -12,8 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from octogate.core.errors import OpenAIError
+from octogate.core.responses_items import new_id
 from octogate.core.responses_request import (AllowedToolsChoice, CustomGrammarFormat, CustomTool, FunctionTool,
-                                             NamedCustomChoice, NamedFunctionChoice, ResponsesRequest, new_id)
+                                             NamedCustomChoice, NamedFunctionChoice, ResponsesRequest)
 
 
 # ---------------------------------------------------------------- to a chat completion

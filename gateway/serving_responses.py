@@ -29,7 +29,8 @@ from octogate.adapters.base import Backend
 from octogate.adapters.openai_responses import build_responses_backend
 from octogate.core.errors import OpenAIError, UpstreamError
 from octogate.core.responses_events import EventWriter
-from octogate.core.responses_request import ResponsesRequest, new_id, parse_request, stored_item
+from octogate.core.responses_items import new_id, stored_item
+from octogate.core.responses_request import ResponsesRequest, parse_request
 from octogate.core.responses_translate import (ResponseObject, chat_request, response_of_completion, response_shell,
                                                responses_error)
 from octogate.gateway.asgi_io import JSON_HEADERS, SSE_HEADERS, ClientGone, read_body, send_response
