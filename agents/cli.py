@@ -95,6 +95,9 @@ def train_command(
     max_query_tokens: Annotated[int, typer.Option(min=32, help="action queries are cut to this many tokens")] = 256,
     argument_weight: Annotated[float, typer.Option(
         min=0.0, help="weight of the sub-task text's loss beside the tool's (0: learn the tool tokens only)")] = 1.0,
+    init_from: Annotated[Optional[Path], typer.Option(
+        help="start from a trained action generator (e.g. agents/trained/husky-action) instead of from scratch")]
+    = None,
 ) -> None:
     """Train Husky's action generator with the router trainer (CPU; needs the train extra): the tool
     tokens, and the sub-task text written after each step's cue (``--argument-weight``)."""
@@ -114,7 +117,7 @@ def train_command(
         artifact, state, complete = train_router(
             nodes=dict(ACTION_TOKENS), examples=examples, out=out, settings=settings, data_name=data.name,
             time_budget=time_budget * 60 if time_budget else None, eval_sets=evals, console=err_console,
-            prefix_text=ACTION_PREFIX, labels="tools", continuation=subtask_continuation)
+            prefix_text=ACTION_PREFIX, labels="tools", continuation=subtask_continuation, init_from=init_from)
     except (OSError, ValueError) as exc:
         fail(exc)
     report_training(artifact, state, complete, "action generator")

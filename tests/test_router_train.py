@@ -188,8 +188,8 @@ def small_trainer(subject_weight: float = 0.0, **settings):
     from octogate.router_model.training.trainer import RouterTrainer, TrainSettings
 
     vocab = llama_cpp.Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
-    settings = TrainSettings(lora_layers=2, max_query_tokens=24, batch_size=6, epochs=4, lr=0.02, token_lr=0.05,
-                             threads=2, subject_weight=subject_weight, **settings)
+    settings = TrainSettings(**{"lora_layers": 2, "max_query_tokens": 24, "batch_size": 6, "epochs": 4, "lr": 0.02,
+                                "token_lr": 0.05, "threads": 2, "subject_weight": subject_weight, **settings})
     return RouterTrainer(bundled_gguf_path(), {t: n for n, t in NODES.items()}, settings, vocab.tokenize)
 
 
@@ -270,3 +270,26 @@ def test_the_argument_text_is_learned_beside_the_token(tmp_path):
     other.argument_plan = ArgumentPlan(other.prompt, vocab.tokenize, examples, lambda ex: ("Step: ", "other\n"))
     with pytest.raises(ValueError, match="other settings or data"):
         other.train(feats, examples, checkpoint=checkpoint)
+
+
+def test_training_can_start_from_a_trained_router(trained, tmp_path):
+    """``init_from``: the trainer starts from a trained artifact's LoRA and token rows (what it computes
+    is the artifact's), and refuses one whose tokens or LoRA shape differ."""
+    from octogate.core.llama_runtime import sha256_of
+    from octogate.router_model.training.run import _warm_start
+
+    out = trained[0] / "out"
+    artifact = load_router(out)
+    nodes = {t: n for n, t in NODES.items()}
+    trainer = small_trainer()
+    started = _warm_start(trainer, out, nodes, sha256_of(bundled_gguf_path()))
+    assert started["path"] == str(out) and started["digest"]
+    index = artifact.row_index()
+    assert np.allclose(trainer.rows.detach().numpy(), np.stack([artifact.rows[index[t]] for t in trainer.tokens]))
+    trained_lora = {k: v.clone() for k, v in trainer.model.lora_tensors().items()}
+    assert any(float(v.abs().sum()) > 0 for k, v in trained_lora.items() if k.endswith("lora_b"))  # not a fresh LoRA
+
+    with pytest.raises(ValueError, match="has tokens"):
+        _warm_start(small_trainer(), out, {**nodes, 99: "extra"}, sha256_of(bundled_gguf_path()))
+    with pytest.raises(ValueError, match="does not match the settings"):
+        _warm_start(small_trainer(lora_layers=3), out, nodes, sha256_of(bundled_gguf_path()))

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from octogate.router_model.prompt_tokens import PREFIX
@@ -43,12 +44,14 @@ def train_router(
     prefix_text: str = PREFIX,
     labels: str = "nodes",
     continuation: Continuation | None = None,
+    init_from: Path | None = None,
 ):
     """What ``octogate router train`` does; returns (artifact, state, complete).
 
     ``nodes`` maps token index to label: a graph's node names, or a toolset's function names
     (``labels`` names them in errors); ``prefix_text`` is the prompt the tokens are trained under;
-    ``continuation`` (with ``settings.argument_weight``) says what text follows each example's token."""
+    ``continuation`` (with ``settings.argument_weight``) says what text follows each example's token;
+    ``init_from``, a trained artifact for the same tokens and base model, is where training starts."""
     import llama_cpp
     from rich.console import Console
     from rich.progress import (
@@ -81,6 +84,7 @@ def train_router(
         if continuation is None:
             raise ValueError("argument_weight needs the text that follows each token (a continuation)")
         trainer.argument_plan = ArgumentPlan(trainer.prompt, vocab.tokenize, examples, continuation)
+    started_from = _warm_start(trainer, init_from, nodes, base_sha) if init_from is not None else None
     out.mkdir(parents=True, exist_ok=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[note]}"))
@@ -118,6 +122,7 @@ def train_router(
         "training": {"data": data_name, "examples": len(examples), "data_sha256_16": data_digest(examples),
                      "settings": asdict(settings), "steps": state.step, "total_steps": state.total_steps,
                      "seconds": round(state.seconds, 1), "complete": complete, "evaluations": state.history,
+                     "initialized_from": started_from,
                      "torch": torch.__version__, "threads": torch.get_num_threads()},
     }
     artifact = save_router(out, lora={k: v.numpy() for k, v in trainer.model.lora_tensors().items()},
@@ -126,3 +131,27 @@ def train_router(
     if complete:
         (out / "checkpoint.pt").unlink(missing_ok=True)
     return artifact, state, complete
+
+
+def _warm_start(trainer: RouterTrainer, path: Path, nodes: dict[int, str], base_sha: str) -> dict[str, str]:
+    """Start from a trained artifact's LoRA and token rows (same tokens, base model and LoRA shape)."""
+    from octogate.router_model.artifact import artifact_digest, load_router
+    from octogate.router_model.merged_model import read_lora
+
+    artifact = load_router(path)
+    if artifact.tokens != nodes:
+        raise ValueError(f"{path} has tokens {artifact.tokens}, not {nodes}")
+    if artifact.base_sha256 != base_sha:
+        raise ValueError(f"{path} was trained on another base model")
+    alpha, adapters = read_lora(artifact.lora_path)
+    tensors = {}
+    for name, (a, b) in adapters.items():
+        tensors[f"{name}.lora_a"], tensors[f"{name}.lora_b"] = torch.from_numpy(a), torch.from_numpy(b)
+    wanted = set(trainer.model.lora_tensors())
+    if set(tensors) != wanted or alpha != trainer.settings.alpha:
+        raise ValueError(f"{path}'s LoRA (alpha {alpha:g}, {len(tensors)} tensors) does not match the settings "
+                         f"(alpha {trainer.settings.alpha:g}, {len(wanted)} tensors on the top {trainer.settings.lora_layers} blocks)")
+    trainer.model.load_lora(tensors)
+    index = artifact.row_index()
+    trainer.rows.data.copy_(torch.from_numpy(np.stack([artifact.rows[index[t]] for t in trainer.tokens])))
+    return {"path": str(path), "digest": artifact_digest(path) or ""}
