@@ -217,15 +217,17 @@ def parse_request(data: dict[str, Any]) -> ResponsesRequest:
     fmt = request.text.format if request.text is not None else None
     if fmt is not None and fmt.type == "json_schema":
         if fmt.name is None:
-            raise bad_field("text.format.name", "Missing required parameter: 'text.format.name'.", "missing_required_parameter")
+            raise bad_field("text.format.name", "Missing required parameter: 'text.format.name'.",
+                            "missing_required_parameter")
         if fmt.schema_ is None:
             raise bad_field("text.format.schema", "Missing required parameter: 'text.format.schema'.",
-                       "missing_required_parameter")
+                            "missing_required_parameter")
     if request.background:
-        raise bad_field("background", "Background responses are not supported by this gateway.", "unsupported_parameter")
+        raise bad_field("background", "Background responses are not supported by this gateway.",
+                        "unsupported_parameter")
     if data.get("conversation") is not None:
         raise bad_field("conversation", "'conversation' is not supported by this gateway; continue a response with "
-                   "'previous_response_id'.", "unsupported_parameter")
+                        "'previous_response_id'.", "unsupported_parameter")
     if request.top_logprobs and not request.wants_logprobs:
         raise bad_field("top_logprobs", f"'top_logprobs' needs include: ['{LOGPROBS_INCLUDE}'].")
     return request
@@ -236,7 +238,7 @@ def _tool(raw: Any, where: str) -> FunctionTool | CustomTool:
     model = _TOOL_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise bad_field(f"{where}.type", f"Invalid value for '{where}.type': tool type {kind!r} is not supported by "
-                   "this gateway; only 'function' and 'custom' tools are.", "unsupported_value")
+                        "this gateway; only 'function' and 'custom' tools are.", "unsupported_value")
     try:
         return model.model_validate(raw)  # type: ignore[return-value]
     except ValidationError as exc:
@@ -252,8 +254,8 @@ def _tool_choice(choice: Any) -> str | BaseModel | None:
     kind = choice.get("type") if isinstance(choice, dict) else None
     model = _CHOICE_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise bad_field("tool_choice", f"Invalid value for 'tool_choice': expected {_CHOICES}; other tool choices are "
-                   "not supported here.")
+        raise bad_field("tool_choice", f"Invalid value for 'tool_choice': expected {_CHOICES}; other tool choices "
+                        "are not supported here.")
     try:
         return model.model_validate(choice)
     except ValidationError as exc:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from octogate.core.errors import OpenAIError
-from octogate.core.responses_items import new_id
+from octogate.core.responses_items import STEP_ITEM_TYPES, new_id
 from octogate.core.responses_request import (AllowedToolsChoice, CustomGrammarFormat, CustomTool, FunctionTool,
                                              NamedCustomChoice, NamedFunctionChoice, ResponsesRequest)
 
@@ -21,10 +21,14 @@ from octogate.core.responses_request import (AllowedToolsChoice, CustomGrammarFo
 def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Stored-form items (``stored_item``, or output items of a response) as chat messages: a message
     is one message; function and custom tool calls join the assistant message before them; an output
-    is a tool message."""
+    is a tool message. An earlier response's steps (``reasoning``, ``code_interpreter_call``,
+    ``web_search_call``: an agent's, in its output or sent back as input) are no message: a node never
+    sees them, only the answer that followed them."""
     messages: list[dict[str, Any]] = []
     for item in items:
         kind = item.get("type")
+        if kind in STEP_ITEM_TYPES:
+            continue
         if kind == "message":
             content = item["content"]
             text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)

@@ -8,7 +8,10 @@ limit admission, the body's validation, the previous response's context and the 
 calls ``AgentResponses.serve`` with them. The task is the last user message of the input; the
 request's ``instructions`` and the conversation before that message (``previous_response_id``'s
 context, earlier input items) follow it in the task text, so the action generator (which reads the
-task's start) sees the question first and the experts and the answer node see the rest too.
+task's start) sees the question first and the experts and the answer node see the rest too. An
+earlier run's steps (``reasoning``, ``code_interpreter_call``, ``web_search_call`` items, from
+``previous_response_id`` or sent back in ``input`` by a client keeping its own context) are not part
+of it: the conversation is read through ``chat_messages``, which leaves them out, as for a node.
 """
 
 from __future__ import annotations
