@@ -185,6 +185,8 @@ DOCUMENTED = [
                "'integer below minimum value', expecting >= 1)"),
     Documented(("passthrough", "embedded"), 400, r"response_format\.json_schema\.name", None,
                "response_format.json_schema.name empty or over 64 characters (OpenAI: at most 64)"),
+    Documented(("passthrough", "embedded"), 400, r"logit_bias\..+", "invalid_value",
+               "logit_bias value outside -100..100 (the spec types an integer; OpenAI: 'from -100 to 100')"),
     Documented(("passthrough", "embedded"), 400, r"seed", None,
                "seed beyond int64 (the spec's bound, 9223372036854776000, is int64's maximum as a double prints it)"),
     # capability limits of the embedded model
