@@ -94,7 +94,8 @@ def train_command(
     = None,
     max_query_tokens: Annotated[int, typer.Option(min=32, help="action queries are cut to this many tokens")] = 256,
     argument_weight: Annotated[float, typer.Option(
-        min=0.0, help="weight of the sub-task text's loss beside the tool's (0: learn the tool tokens only)")] = 1.0,
+        min=0.0, help="weight of the sub-task text's loss beside the tool's (0, the shipped recipe: the tool tokens only)")]
+    = 0.0,
     init_from: Annotated[Optional[Path], typer.Option(
         help="start from a trained action generator (e.g. agents/trained/husky-action) instead of from scratch")]
     = None,
