@@ -48,12 +48,17 @@ class ActionGeneratorConfig(StrictModel):
             if not self.base_url:
                 raise PathError(("base_url",), "engine 'sglang' needs base_url (the SGLang server)")
             for key in ("path", "threads"):
-                if key in self.model_fields_set:
+                if getattr(self, key) is not None:
                     raise PathError((key,), f"{key} is for engine 'embedded'; an SGLang server loads its own model")
         else:
-            for key in ("base_url", "api_key", "prompt_template"):
-                if key in self.model_fields_set:
+            # by value, not by presence, so a graph written back out with its defaults (dumped) still loads:
+            # the embedded engine's own template is ChatML, the one its artifact was trained under
+            for key in ("base_url", "api_key"):
+                if getattr(self, key) is not None:
                     raise PathError((key,), f"{key} is for engine 'sglang'; the embedded engine runs in process")
+            if self.prompt_template != "chatml":
+                raise PathError(("prompt_template",), "prompt_template is for engine 'sglang'; the embedded "
+                                "engine uses the prompt its artifact was trained under (ChatML)")
         return self
 
 
